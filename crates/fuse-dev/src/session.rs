@@ -1,0 +1,239 @@
+//! A FUSE session: mount, INIT, the queue threads, and an orderly end.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use rustix::fs::{Mode, OFlags};
+
+use crate::init::{InitRequest, Negotiated, handshake};
+use crate::mount::{Mount, MountOptions, mount};
+use crate::queue::{Handler, QueueConfig, QueueReport, QueueSetup, Waker, run_queue};
+
+/// `FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t)`: attaches a fresh
+/// `/dev/fuse` fd to the connection of the fd whose number it is given.
+const FUSE_DEV_IOC_CLONE: rustix::ioctl::Opcode = 0x8004_e500;
+
+/// A mounted, initialised connection whose queues have not started yet.
+#[derive(Debug)]
+pub struct Session {
+    device: OwnedFd,
+    mount: Mount,
+    negotiated: Negotiated,
+    stat_path: PathBuf,
+}
+
+/// What each queue's handler factory is told.
+#[derive(Debug, Clone)]
+pub struct QueueContext {
+    /// This queue's index.
+    pub index: usize,
+    /// Wakers of every queue, by index (for cross-queue wake-ups).
+    pub wakers: Arc<[Waker]>,
+}
+
+impl Session {
+    /// Opens `/dev/fuse`, mounts, and completes INIT.
+    pub fn mount(options: &MountOptions, init: &InitRequest) -> io::Result<Session> {
+        let (device, mut mount) = mount(options)?;
+        match handshake(&device, init) {
+            Ok(negotiated) => Ok(Session {
+                device,
+                mount,
+                negotiated,
+                stat_path: options.mountpoint.clone(),
+            }),
+            Err(err) => {
+                drop(device);
+                let _ = mount.unmount();
+                Err(err)
+            }
+        }
+    }
+
+    /// What INIT settled.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// The path to `stat` once queues run so that the kernel learns the
+    /// file's size (defaults to the mountpoint).
+    pub fn set_stat_path(&mut self, path: PathBuf) {
+        self.stat_path = path;
+    }
+
+    /// Starts `queues` queue threads (queue 0 on the mount's fd, the others on
+    /// clones), each with a handler built by `factory`, then stats the file
+    /// so the kernel knows its size before any client asks.
+    pub fn start<H, F>(
+        self,
+        queues: usize,
+        config: QueueConfig,
+        backing: Vec<RawFd>,
+        factory: F,
+    ) -> io::Result<Running>
+    where
+        H: Handler,
+        F: Fn(QueueContext) -> H + Send + Sync + 'static,
+    {
+        let Session {
+            device,
+            mount,
+            stat_path,
+            ..
+        } = self;
+        let queues = queues.max(1);
+        let mut fds = Vec::with_capacity(queues);
+        for _ in 1..queues {
+            fds.push(clone_device(&device)?);
+        }
+        fds.insert(0, device);
+        let wakers: Arc<[Waker]> = (0..queues)
+            .map(|_| Waker::new())
+            .collect::<io::Result<Vec<_>>>()?
+            .into();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ended_tx, ended) = crossbeam_channel::unbounded();
+        let factory = Arc::new(factory);
+        let mut threads = Vec::with_capacity(queues);
+        for (index, fuse_fd) in fds.into_iter().enumerate() {
+            let setup = QueueSetup {
+                index,
+                fuse_fd,
+                backing: backing.clone(),
+                config: config.clone(),
+                waker: wakers[index].clone(),
+                stop: stop.clone(),
+            };
+            let context = QueueContext {
+                index,
+                wakers: wakers.clone(),
+            };
+            let factory = factory.clone();
+            let ended_tx: Sender<usize> = ended_tx.clone();
+            let stopper = Stopper {
+                stop: stop.clone(),
+                wakers: wakers.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("fuse-queue-{index}"))
+                .spawn(move || {
+                    let mut handler = factory(context);
+                    let result = run_queue(setup, &mut handler);
+                    if let Err(err) = &result {
+                        log::error!("queue {index} failed: {err}");
+                        // One queue failing ends the export: stop the others too.
+                        stopper.stop();
+                    }
+                    let _ = ended_tx.send(index);
+                    result
+                })?;
+            threads.push(thread);
+        }
+        let running = Running {
+            threads,
+            stopper: Stopper { stop, wakers },
+            ended,
+            mount,
+        };
+        // The kernel keeps i_size at 0 until a GETATTR; until then O_DIRECT
+        // AIO reads see EOF. A stat from here (not a queue thread) fixes that.
+        if let Err(err) = rustix::fs::stat(&stat_path) {
+            log::warn!("stat {} after mount failed: {err}", stat_path.display());
+        }
+        Ok(running)
+    }
+}
+
+fn clone_device(device: &OwnedFd) -> io::Result<OwnedFd> {
+    let clone = rustix::fs::open(
+        "/dev/fuse",
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?;
+    let source = device.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the source fd number) through
+    // the pointer `Setter` passes, which points at `source` for the call.
+    unsafe {
+        rustix::ioctl::ioctl(
+            clone.as_fd(),
+            rustix::ioctl::Setter::<FUSE_DEV_IOC_CLONE, u32>::new(source),
+        )
+    }
+    .map_err(|err| io::Error::new(err.kind(), format!("FUSE_DEV_IOC_CLONE: {err}")))?;
+    Ok(clone)
+}
+
+/// Asks every queue to stop: no new reads, finish what is in flight.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    stop: Arc<AtomicBool>,
+    wakers: Arc<[Waker]>,
+}
+
+impl Stopper {
+    /// Requests the stop (idempotent, callable from any thread).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        for waker in self.wakers.iter() {
+            waker.wake();
+        }
+    }
+}
+
+/// Queues that are serving.
+#[derive(Debug)]
+pub struct Running {
+    threads: Vec<JoinHandle<io::Result<QueueReport>>>,
+    stopper: Stopper,
+    ended: Receiver<usize>,
+    mount: Mount,
+}
+
+impl Running {
+    /// A handle that stops the queues.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Receives the index of each queue as it ends (after an unmount, an
+    /// abort, a failure or a stop).
+    pub fn ended(&self) -> &Receiver<usize> {
+        &self.ended
+    }
+
+    /// The mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        self.mount.mountpoint()
+    }
+
+    /// Stops the queues, waits for them to finish every request in flight,
+    /// then unmounts. Returns each queue's report, or the first error.
+    pub fn shutdown(mut self) -> io::Result<Vec<QueueReport>> {
+        self.stopper.stop();
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for thread in self.threads.drain(..) {
+            match thread.join() {
+                Ok(Ok(report)) => reports.push(report),
+                Ok(Err(err)) => {
+                    first_error.get_or_insert(err);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(io::Error::other("a queue thread panicked"));
+                }
+            }
+        }
+        // Every device fd is closed now (the queues own them), so unmounting
+        // cannot wait on this process.
+        let unmounted = self.mount.unmount();
+        match first_error {
+            Some(err) => Err(err),
+            None => unmounted.map(|()| reports),
+        }
+    }
+}
