@@ -1,1 +1,14 @@
+//! The block export: serving one raw image file through FUSE.
+//!
+//! [`Image`] opens the image (O_DIRECT when possible) and knows its size and
+//! alignment; [`Export`] holds what all queues share; [`QueueHandler`]
+//! implements `fuse_dev::Handler` for one queue. Requests own their buffers
+//! (moved out of the read slot they arrived in), so no buffer can be reused
+//! while the kernel or the image still uses it.
 
+mod export;
+mod image;
+pub mod range_lock;
+
+pub use export::{Export, Pending, QueueHandler};
+pub use image::{CacheMode, Image, OpenError};

@@ -353,6 +353,16 @@ impl Chain {
         len - left
     }
 
+    /// Windows the chain to bytes `[start, start + len)` of its buffers laid
+    /// end to end, whatever the current windows are.
+    pub fn select(&mut self, start: usize, len: usize) {
+        for segment in self.segments_mut() {
+            let capacity = segment.capacity();
+            segment.set_window(0, capacity);
+        }
+        self.narrow(start, len);
+    }
+
     /// Narrows the chain to the bytes `[skip, skip + len)` of its current
     /// contents (segments outside become empty but stay owned).
     pub fn narrow(&mut self, skip: usize, len: usize) {
@@ -498,6 +508,17 @@ mod tests {
         assert_eq!(&out[..], &data[4000..4200]);
         let lens: Vec<usize> = chain.segments().map(Segment::len).collect();
         assert_eq!(lens, [96, 104]);
+    }
+
+    #[test]
+    fn select_addresses_buffers_regardless_of_current_windows() {
+        let mut pool = Pool::new(4);
+        let mut chain = chain_of(&mut pool, &[4096, 8192]);
+        chain.narrow(100, 10);
+        chain.select(4000, 200);
+        let lens: Vec<usize> = chain.segments().map(Segment::len).collect();
+        assert_eq!(lens, [96, 104]);
+        assert_eq!(chain.segments().next().unwrap().start(), 4000);
     }
 
     #[test]

@@ -1,1 +1,336 @@
-fn main() {}
+//! `fuse-export`: serve a raw disk image as a regular file over FUSE.
+//!
+//! The binary only parses arguments, sets up logging and signals, and wires
+//! `blockdev` (the image) to `fuse-dev` (the kernel side).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use blockdev::{CacheMode, Export, Image};
+use clap::{Parser, ValueEnum};
+use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
+
+/// Serve a raw disk image as a regular file through FUSE (io_uring, O_DIRECT).
+#[derive(Debug, Parser)]
+#[command(name = "fuse-export", version, about)]
+struct Args {
+    /// The raw image file to serve.
+    #[arg(long, value_name = "PATH")]
+    image: PathBuf,
+
+    /// Where the image appears: an existing regular file, or a path in an
+    /// existing directory (created as an empty file and removed on exit).
+    #[arg(long = "mount", value_name = "PATH")]
+    mountpoint: PathBuf,
+
+    /// Export read-only (mounted `ro`; writes fail with EROFS).
+    #[arg(long)]
+    read_only: bool,
+
+    /// Largest WRITE the kernel sends: bytes, or with a K/M suffix; a
+    /// multiple of 4 KiB from 4K to 16M (capped by fs.fuse.max_pages_limit).
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_max_write)]
+    max_write: usize,
+
+    /// Host page cache use: `none` (O_DIRECT) or `writeback` (buffered).
+    #[arg(long, value_enum, default_value_t = Cache::None)]
+    cache: Cache,
+
+    /// Mount through fusermount3 even when running as root.
+    #[arg(long)]
+    fusermount: bool,
+
+    /// Let other users access the export (needs user_allow_other in
+    /// /etc/fuse.conf when not root).
+    #[arg(long)]
+    allow_other: bool,
+
+    /// Queue threads, each with its own /dev/fuse fd and io_uring.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: u16,
+
+    /// Reads kept posted on /dev/fuse per queue.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    reads_per_queue: u16,
+
+    /// Spill-over tier bounds as write sizes, e.g. `64K` or `64K,256K`: a
+    /// write of up to the first bound takes only the first tier.
+    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
+    spill_tiers: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Cache {
+    /// O_DIRECT on the image.
+    None,
+    /// Buffered I/O on the image; FLUSH and FSYNC call fdatasync.
+    Writeback,
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let multiplier: usize = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        _ => return Err(format!("unknown size suffix {unit:?} (use K or M)")),
+    };
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_max_write(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    if bytes % 4096 != 0 || !(4096..=16 << 20).contains(&bytes) {
+        return Err(format!(
+            "{bytes} is not a multiple of 4096 between 4K and 16M"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// An error for the user: one line, then exit code 2 (bad input) or 1.
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            code: 2,
+        }
+    }
+    fn runtime(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "fuse-export: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
+        })
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("fuse-export: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// A mountpoint file this process created; removed when dropped.
+struct CreatedMountpoint(PathBuf);
+
+impl Drop for CreatedMountpoint {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_file(&self.0) {
+            log::warn!("removing {}: {err}", self.0.display());
+        }
+    }
+}
+
+/// Checks the mountpoint; creates it if missing.
+fn prepare_mountpoint(path: &Path) -> Result<Option<CreatedMountpoint>, Failure> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(None),
+        Ok(meta) if meta.is_dir() => Err(Failure::usage(format!(
+            "mountpoint {}: is a directory; give a file path (directory mountpoints are not supported yet)",
+            path.display()
+        ))),
+        Ok(_) => Err(Failure::usage(format!(
+            "mountpoint {}: is not a regular file",
+            path.display()
+        ))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                return Err(Failure::usage(format!(
+                    "mountpoint {}: directory {} does not exist",
+                    path.display(),
+                    parent.display()
+                )));
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|err| {
+                    Failure::usage(format!(
+                        "mountpoint {}: cannot create it: {err}",
+                        path.display()
+                    ))
+                })?;
+            Ok(Some(CreatedMountpoint(path.to_path_buf())))
+        }
+        Err(err) => Err(Failure::usage(format!(
+            "mountpoint {}: {err}",
+            path.display()
+        ))),
+    }
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    let cache = match args.cache {
+        Cache::None => CacheMode::None,
+        Cache::Writeback => CacheMode::Writeback,
+    };
+    let image = Image::open(&args.image, args.read_only, cache)
+        .map_err(|err| Failure::usage(err.to_string()))?;
+    if let Some(bounds) = &args.spill_tiers {
+        SpillLayout::new(args.max_write, bounds)
+            .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?;
+    }
+    let created = prepare_mountpoint(&args.mountpoint)?;
+
+    // Signals first, so that a Ctrl-C during start-up still ends cleanly.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|err| Failure::runtime(format!("installing signal handlers: {err}")))?;
+    let signal_handle = signals.handle();
+    let (signal_tx, signal_rx) = crossbeam_channel::bounded::<i32>(4);
+    let signal_thread = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal_tx.send(signal).is_err() {
+                break;
+            }
+        }
+    });
+
+    let max_pages_limit = fuse_dev::init::max_pages_limit();
+    let max_write = args
+        .max_write
+        .min(max_pages_limit as usize * fuse_dev::PAGE_SIZE);
+    if max_write < args.max_write {
+        log::info!(
+            "--max-write {} capped to {max_write} by fs.fuse.max_pages_limit={max_pages_limit}",
+            args.max_write
+        );
+    }
+    let mount_options = MountOptions {
+        mountpoint: args.mountpoint.clone(),
+        fsname: args.image.display().to_string(),
+        read_only: args.read_only,
+        allow_other: args.allow_other,
+        force_fusermount: args.fusermount,
+        root_is_dir: false,
+        max_read: max_write as u32,
+    };
+    let init = InitRequest {
+        max_write: max_write as u32,
+        max_background: 256,
+        extra_flags: fuse_proto::flags::InitFlags::EMPTY,
+        max_pages_limit,
+    };
+    let session = Session::mount(&mount_options, &init)
+        .map_err(|err| Failure::usage(format!("mounting {}: {err}", args.mountpoint.display())))?;
+    let negotiated = *session.negotiated();
+    let max_write = negotiated.max_write as usize;
+    let layout = match &args.spill_tiers {
+        Some(bounds) => SpillLayout::new(max_write, bounds)
+            .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?,
+        None => SpillLayout::default_for(max_write),
+    };
+    let reads = args.reads_per_queue as usize;
+    let config = QueueConfig {
+        reads,
+        max_in_flight: reads * 8 + 64,
+        layout: layout.clone(),
+        pool_cap: reads * 4 + 64,
+    };
+    let export = Export::new(image, max_write);
+    let backing = vec![export.image().raw_fd()];
+    let factory_export = export.clone();
+    let running = session
+        .start(args.queues as usize, config, backing, move |context| {
+            factory_export.queue_handler(context)
+        })
+        .map_err(|err| Failure::runtime(format!("starting queues: {err}")))?;
+    let image = export.image();
+    log::info!(
+        "serving {} ({} bytes, {}{}) at {}; max_write {max_write}, {layout:?}, {} queue(s)",
+        image.path().display(),
+        image.size(),
+        if image.is_direct() {
+            format!("O_DIRECT, alignment {}", image.alignment())
+        } else {
+            "buffered".to_string()
+        },
+        if image.is_read_only() {
+            ", read-only"
+        } else {
+            ""
+        },
+        args.mountpoint.display(),
+        args.queues,
+    );
+
+    crossbeam_channel::select! {
+        recv(signal_rx) -> signal => {
+            if let Ok(signal) = signal {
+                log::info!("signal {signal}: finishing requests in flight and unmounting");
+            }
+        }
+        recv(running.ended()) -> _ => log::info!("connection ended; shutting down"),
+    }
+    let result = running.shutdown();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    let synced = export.image().sync();
+    drop(created);
+    let reports = result.map_err(|err| Failure::runtime(format!("serving failed: {err}")))?;
+    for report in &reports {
+        log::debug!("{report:?}");
+    }
+    synced.map_err(|err| Failure::runtime(format!("flushing the image: {err}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_accept_suffixes_and_reject_garbage() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert!(parse_size("1G").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn max_write_must_be_page_multiple_in_range() {
+        assert_eq!(parse_max_write("1M"), Ok(1 << 20));
+        assert!(parse_max_write("1000").is_err());
+        assert!(parse_max_write("0").is_err());
+        assert!(parse_max_write("32M").is_err());
+    }
+}
