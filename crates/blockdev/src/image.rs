@@ -5,7 +5,8 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
 
@@ -51,10 +52,12 @@ impl std::error::Error for OpenError {}
 pub struct Image {
     path: PathBuf,
     fd: OwnedFd,
-    direct: bool,
-    alignment: u64,
+    direct: AtomicBool,
+    alignment: AtomicU64,
     size: AtomicU64,
     read_only: bool,
+    /// Serialises size changes so that a grow never undoes a larger grow.
+    resize: Mutex<()>,
 }
 
 /// The alignment assumed when O_DIRECT works but the filesystem does not
@@ -158,10 +161,11 @@ impl Image {
         Ok(Image {
             path: path.to_path_buf(),
             fd,
-            direct,
-            alignment,
+            direct: AtomicBool::new(direct),
+            alignment: AtomicU64::new(alignment),
             size: AtomicU64::new(size),
             read_only,
+            resize: Mutex::new(()),
         })
     }
 
@@ -177,12 +181,12 @@ impl Image {
 
     /// Whether I/O bypasses the page cache.
     pub fn is_direct(&self) -> bool {
-        self.direct
+        self.direct.load(Ordering::Acquire)
     }
 
     /// Offsets and lengths of I/O must be multiples of this (1 when buffered).
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.alignment.load(Ordering::Acquire)
     }
 
     /// Current size in bytes.
@@ -195,11 +199,67 @@ impl Image {
         self.read_only
     }
 
-    /// Resizes the image (callers hold the whole-image lock).
+    /// Resizes the image to exactly `size` (callers hold the whole-image
+    /// range lock, so no write is in flight).
     pub fn set_size(&self, size: u64) -> io::Result<()> {
+        let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
+        self.keep_size_aligned(size)?;
         rustix::fs::ftruncate(&self.fd, size)?;
         self.size.store(size, Ordering::Release);
         Ok(())
+    }
+
+    /// Grows the image to at least `size` (zero-filled, sparse); never shrinks.
+    pub fn grow_to(&self, size: u64) -> io::Result<()> {
+        let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
+        if size <= self.size() {
+            return Ok(());
+        }
+        self.keep_size_aligned(size)?;
+        rustix::fs::ftruncate(&self.fd, size)?;
+        self.size.store(size, Ordering::Release);
+        Ok(())
+    }
+
+    /// Re-reads the size after an operation that may have changed it
+    /// (fallocate without KEEP_SIZE).
+    pub fn refresh_size(&self) -> io::Result<u64> {
+        let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
+        let size = rustix::fs::fstat(&self.fd)?.st_size as u64;
+        self.keep_size_aligned(size)?;
+        self.size.store(size, Ordering::Release);
+        Ok(size)
+    }
+
+    /// O_DIRECT cannot reach the bytes of a partial last block without
+    /// extending the file, so a size that is not a multiple of the
+    /// alignment switches the image to buffered I/O, for good. Requests in
+    /// flight keep their O_DIRECT semantics; new ones see alignment 1.
+    fn keep_size_aligned(&self, size: u64) -> io::Result<()> {
+        let alignment = self.alignment();
+        if !self.is_direct() || size.is_multiple_of(alignment) {
+            return Ok(());
+        }
+        let flags = rustix::fs::fcntl_getfl(&self.fd)?;
+        rustix::fs::fcntl_setfl(&self.fd, flags - OFlags::DIRECT)?;
+        self.direct.store(false, Ordering::Release);
+        self.alignment.store(1, Ordering::Release);
+        log::warn!(
+            "{}: size {size} is not a multiple of the O_DIRECT alignment {alignment}; \
+             switching to buffered I/O",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    /// `lseek(SEEK_DATA)` / `lseek(SEEK_HOLE)` on the image.
+    pub fn seek(&self, offset: u64, data: bool) -> io::Result<u64> {
+        let whence = if data {
+            rustix::fs::SeekFrom::Data(offset)
+        } else {
+            rustix::fs::SeekFrom::Hole(offset)
+        };
+        Ok(rustix::fs::seek(&self.fd, whence)?)
     }
 
     /// `fstat` of the image.

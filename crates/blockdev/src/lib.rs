@@ -7,8 +7,10 @@
 //! while the kernel or the image still uses it.
 
 mod export;
+mod handler;
 mod image;
 pub mod range_lock;
 
-pub use export::{Export, Pending, QueueHandler};
+pub use export::{Export, ExportOptions, Presentation};
+pub use handler::{Pending, QueueHandler, WriteJob};
 pub use image::{CacheMode, Image, OpenError};

@@ -343,12 +343,12 @@ impl<S> Core<S> {
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 return;
             }
-            if let Err(err) = self.ring.submit() {
-                if err.raw_os_error() != Some(libc::EBUSY)
-                    && err.raw_os_error() != Some(libc::EINTR)
-                {
-                    self.error.get_or_insert(err);
-                }
+            if let Err(err) = self.ring.submit()
+                && !matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EINTR))
+            {
+                // The ring is broken; the queue ends at the top of its loop.
+                self.error.get_or_insert(err);
+                return;
             }
         }
     }
@@ -460,7 +460,7 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
             }
         }
         if let Some(err) = core.error.take() {
-            return Err(err);
+            return Err(abandon(core, slots, err));
         }
         let drained = (stopping || disconnected) && posted_reads == 0 && core.busy_jobs() == 0;
         if drained {
@@ -487,7 +487,7 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
             Ok(_) => {}
             Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
             Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {}
-            Err(err) => return Err(err),
+            Err(err) => return Err(abandon(core, slots, err)),
         }
 
         // Collect completions first: handling them needs `&mut core`.
@@ -540,7 +540,8 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
                             libc::EINTR | libc::EAGAIN | libc::ENOENT => {}
                             0 => log::warn!("queue {}: empty read from /dev/fuse", core.index),
                             errno => {
-                                return Err(io::Error::from_raw_os_error(errno));
+                                let err = io::Error::from_raw_os_error(errno);
+                                return Err(abandon(core, slots, err));
                             }
                         }
                     }
@@ -579,6 +580,20 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
     report.disconnected = disconnected;
     drop(fuse_fd);
     Ok(report)
+}
+
+/// Ends a queue whose ring failed. Operations may still be in flight in the
+/// kernel, so the memory they point into (slots, job entries, buffers) and
+/// the ring itself are leaked rather than freed under the kernel's feet.
+/// The process is about to stop serving anyway.
+fn abandon<S>(core: Core<S>, slots: Box<[ReadSlot]>, err: io::Error) -> io::Error {
+    log::error!(
+        "queue {}: io_uring failed ({err}); abandoning its buffers",
+        core.index
+    );
+    std::mem::forget(core);
+    std::mem::forget(slots);
+    err
 }
 
 fn dispatch<H: Handler>(core: &mut Core<H::State>, handler: &mut H, incoming: Incoming) {

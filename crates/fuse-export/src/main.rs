@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use blockdev::{CacheMode, Export, Image};
+use blockdev::{CacheMode, Export, ExportOptions, Image};
 use clap::{Parser, ValueEnum};
 use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
 
@@ -25,8 +25,13 @@ struct Args {
     mountpoint: PathBuf,
 
     /// Export read-only (mounted `ro`; writes fail with EROFS).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "growable")]
     read_only: bool,
+
+    /// Writes past the end grow the image (otherwise they are short, and
+    /// `dd` reports "No space left on device").
+    #[arg(long)]
+    growable: bool,
 
     /// Largest WRITE the kernel sends: bytes, or with a K/M suffix; a
     /// multiple of 4 KiB from 4K to 16M (capped by fs.fuse.max_pages_limit).
@@ -264,7 +269,11 @@ fn run(args: Args) -> Result<(), Failure> {
         layout: layout.clone(),
         pool_cap: reads * 4 + 64,
     };
-    let export = Export::new(image, max_write);
+    let options = ExportOptions {
+        growable: args.growable,
+        allow_other: args.allow_other,
+    };
+    let export = Export::new(image, max_write, options);
     let backing = vec![export.image().raw_fd()];
     let factory_export = export.clone();
     let running = session
