@@ -20,5 +20,5 @@ pub use mount::{MountMethod, MountOptions};
 pub use queue::{
     BackingFile, BackingOp, Completion, Handler, Job, QueueConfig, QueueIo, QueueReport, Waker,
 };
-pub use session::{QueueContext, Running, Session, Stopper};
+pub use session::{QueueContext, Running, Session, Stopper, serve_fd};
 pub use slot::{Incoming, SpillLayout};

@@ -538,7 +538,9 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
                             }
                             libc::ECANCELED => {}
                             libc::EINTR | libc::EAGAIN | libc::ENOENT => {}
-                            0 => log::warn!("queue {}: empty read from /dev/fuse", core.index),
+                            // /dev/fuse never returns 0; a fake device's peer
+                            // closing does, and means the same as an unmount.
+                            0 => disconnected = true,
                             errno => {
                                 let err = io::Error::from_raw_os_error(errno);
                                 return Err(abandon(core, slots, err));

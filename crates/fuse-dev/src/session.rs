@@ -149,6 +149,34 @@ impl Session {
     }
 }
 
+/// Runs a single queue on the calling thread over an already connected fd
+/// until the peer goes away: a `/dev/fuse` fd after INIT, or a test's fake
+/// device (one end of a `SOCK_SEQPACKET` socketpair, one message per
+/// request, where end-of-file stands for the unmount).
+pub fn serve_fd<H, F>(
+    fd: OwnedFd,
+    config: QueueConfig,
+    backing: Vec<RawFd>,
+    factory: F,
+) -> io::Result<QueueReport>
+where
+    H: Handler,
+    F: FnOnce(QueueContext) -> H,
+{
+    let waker = Waker::new()?;
+    let wakers: Arc<[Waker]> = vec![waker.clone()].into();
+    let mut handler = factory(QueueContext { index: 0, wakers });
+    let setup = QueueSetup {
+        index: 0,
+        fuse_fd: fd,
+        backing,
+        config,
+        waker,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    run_queue(setup, &mut handler)
+}
+
 fn clone_device(device: &OwnedFd) -> io::Result<OwnedFd> {
     let clone = rustix::fs::open(
         "/dev/fuse",

@@ -1,0 +1,486 @@
+//! The export driven through a fake device: one end of a `SOCK_SEQPACKET`
+//! socketpair stands in for `/dev/fuse` (one message = one request, one
+//! message = one reply), so the real queue loop, buffers, spill-over
+//! hand-over, range locks and image I/O run without a kernel mount.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use blockdev::{CacheMode, Export, ExportOptions, Image};
+use fuse_dev::{QueueConfig, QueueReport, SpillLayout};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+/// Counts allocations made by threads that opted in (the queue thread).
+struct CountingAllocator;
+
+static QUEUE_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: defers every operation to the system allocator unchanged; the
+// counting touches only an atomic and a const-initialised thread-local,
+// neither of which allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNT_HERE.with(Cell::get) {
+            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNT_HERE.with(Cell::get) {
+            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+const MAX_WRITE: usize = 1 << 20;
+const WRITE: u32 = 16;
+const READ: u32 = 15;
+const GETATTR: u32 = 3;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("fake-kernel-{}-{name}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running queue and the test's end of the fake device.
+struct FakeKernel {
+    socket: Option<OwnedFd>,
+    queue: Option<JoinHandle<std::io::Result<QueueReport>>>,
+    image_path: PathBuf,
+    next_unique: u64,
+    dir: Option<TempDir>,
+}
+
+/// Whether 1 MiB messages fit through the socketpair: SOCK_SEQPACKET
+/// messages are bounded by the socket buffers, and raising them past
+/// `net.core.wmem_max` needs CAP_NET_ADMIN.
+fn big_messages_possible(fds: [&OwnedFd; 2]) -> bool {
+    fds.iter().all(|fd| {
+        rustix::net::sockopt::set_socket_send_buffer_size_force(fd, 8 << 20).is_ok()
+            && rustix::net::sockopt::set_socket_recv_buffer_size_force(fd, 8 << 20).is_ok()
+    })
+}
+
+impl FakeKernel {
+    /// `None` (after printing why) when 1 MiB messages cannot be carried.
+    fn start(name: &str, size: usize, options: ExportOptions) -> Option<FakeKernel> {
+        let dir = TempDir::new(name);
+        let image_path = dir.0.join("disk.raw");
+        let initial: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+        std::fs::write(&image_path, &initial).unwrap();
+        let image = Image::open(&image_path, false, CacheMode::None).unwrap();
+        assert!(
+            image.is_direct(),
+            "the test image must be on a filesystem with O_DIRECT"
+        );
+        let export = Export::new(image, MAX_WRITE, options);
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        if !big_messages_possible([&ours, &theirs]) {
+            return None;
+        }
+        let config = QueueConfig {
+            reads: 4,
+            max_in_flight: 64,
+            layout: SpillLayout::default_for(MAX_WRITE),
+            pool_cap: 64,
+        };
+        let backing = vec![export.image().raw_fd()];
+        let queue = std::thread::spawn(move || {
+            COUNT_HERE.with(|c| c.set(true));
+            fuse_dev::serve_fd(theirs, config, backing, |context| {
+                export.queue_handler(context)
+            })
+        });
+        Some(FakeKernel {
+            socket: Some(ours),
+            queue: Some(queue),
+            image_path,
+            next_unique: 2,
+            dir: Some(dir),
+        })
+    }
+
+    fn socket(&self) -> &OwnedFd {
+        self.socket.as_ref().unwrap()
+    }
+
+    fn frame(&mut self, opcode: u32, args: &[u8], data: &[u8]) -> (u64, Vec<u8>) {
+        let unique = self.next_unique;
+        self.next_unique += 2;
+        let len = 40 + args.len() + data.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&opcode.to_ne_bytes());
+        msg.extend_from_slice(&unique.to_ne_bytes());
+        msg.extend_from_slice(&1u64.to_ne_bytes());
+        msg.extend_from_slice(&[0u8; 16]);
+        msg.extend_from_slice(args);
+        msg.extend_from_slice(data);
+        (unique, msg)
+    }
+
+    fn send_raw(&self, msg: &[u8]) {
+        let sent = rustix::io::write(self.socket(), msg).unwrap();
+        assert_eq!(sent, msg.len());
+    }
+
+    fn send(&mut self, opcode: u32, args: &[u8], data: &[u8]) -> u64 {
+        let (unique, msg) = self.frame(opcode, args, data);
+        self.send_raw(&msg);
+        unique
+    }
+
+    fn send_write(&mut self, offset: u64, data: &[u8]) -> u64 {
+        let mut args = Vec::new();
+        args.extend_from_slice(&0u64.to_ne_bytes()); // fh
+        args.extend_from_slice(&offset.to_ne_bytes());
+        args.extend_from_slice(&(data.len() as u32).to_ne_bytes());
+        args.extend_from_slice(&[0u8; 20]);
+        self.send(WRITE, &args, data)
+    }
+
+    fn send_read(&mut self, offset: u64, size: u32) -> u64 {
+        let mut args = Vec::new();
+        args.extend_from_slice(&0u64.to_ne_bytes());
+        args.extend_from_slice(&offset.to_ne_bytes());
+        args.extend_from_slice(&size.to_ne_bytes());
+        args.extend_from_slice(&[0u8; 20]);
+        self.send(READ, &args, &[])
+    }
+
+    /// The next reply: (unique, error, payload). Fails after 10 s.
+    fn recv(&self) -> (u64, i32, Vec<u8>) {
+        let mut pollfd = [rustix::event::PollFd::new(
+            self.socket(),
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::event::Timespec {
+            tv_sec: 10,
+            tv_nsec: 0,
+        };
+        let ready = rustix::event::poll(&mut pollfd, Some(&timeout)).unwrap();
+        assert_eq!(ready, 1, "no reply within 10 s");
+        let mut buf = vec![0u8; MAX_WRITE + 4096];
+        let n = rustix::io::read(self.socket(), &mut buf).unwrap();
+        assert!(n >= 16, "reply of {n} bytes");
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, n, "reply header length must equal the message length");
+        let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        if error != 0 {
+            assert_eq!(n, 16, "error replies are exactly 16 bytes");
+        }
+        (unique, error, buf[16..n].to_vec())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
+        let unique = self.send_write(offset, data);
+        let (got, error, payload) = self.recv();
+        assert_eq!((got, error), (unique, 0));
+        u32::from_ne_bytes(payload[0..4].try_into().unwrap())
+    }
+
+    fn read(&mut self, offset: u64, size: u32) -> Vec<u8> {
+        let unique = self.send_read(offset, size);
+        let (got, error, payload) = self.recv();
+        assert_eq!((got, error), (unique, 0));
+        payload
+    }
+
+    /// Disconnects the fake device, waits for the queue to drain, and
+    /// returns its report and the image's final bytes.
+    fn finish(mut self) -> (QueueReport, Vec<u8>) {
+        drop(self.socket.take());
+        let report = self.queue.take().unwrap().join().unwrap().unwrap();
+        let image = std::fs::read(&self.image_path).unwrap();
+        drop(self.dir.take());
+        (report, image)
+    }
+}
+
+impl Drop for FakeKernel {
+    fn drop(&mut self) {
+        drop(self.socket.take());
+        if let Some(queue) = self.queue.take() {
+            let _ = queue.join();
+        }
+    }
+}
+
+macro_rules! start_or_skip {
+    ($name:expr, $size:expr, $options:expr) => {
+        match FakeKernel::start($name, $size, $options) {
+            Some(kernel) => kernel,
+            None => {
+                eprintln!("SKIP: 1 MiB SOCK_SEQPACKET messages need CAP_NET_ADMIN (run as root)");
+                return;
+            }
+        }
+    };
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn aligned_and_unaligned_writes_land_exactly() {
+    let size = 8 << 20;
+    let mut kernel = start_or_skip!("exact", size, ExportOptions::default());
+    let mut shadow: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+    let cases: &[(u64, usize)] = &[
+        (0, 4096),
+        (4096, 65536),
+        (1 << 20, 1 << 20),
+        (1, 1),
+        (511, 2),
+        (4095, 4097),
+        (12345, 70000),
+        ((3 << 20) - 3, (1 << 20) - 100),
+        (size as u64 - 10, 10),
+    ];
+    for (i, &(offset, len)) in cases.iter().enumerate() {
+        let data = pattern(len, i as u64 + 1);
+        assert_eq!(
+            kernel.write(offset, &data),
+            len as u32,
+            "write at {offset}+{len}"
+        );
+        shadow[offset as usize..offset as usize + len].copy_from_slice(&data);
+        let back = kernel.read(offset, len as u32);
+        assert!(back == data, "read back at {offset}+{len} differs");
+    }
+    // Odd reads around what was written.
+    for &(offset, len) in &[
+        (3u64, 5000u32),
+        (4000, 200),
+        (1 << 20, 1 << 20),
+        (size as u64 - 7, 100),
+    ] {
+        let back = kernel.read(offset, len);
+        let end = (offset as usize + len as usize).min(size);
+        assert!(
+            back == shadow[offset as usize..end],
+            "read at {offset}+{len} differs"
+        );
+    }
+    let (report, image) = kernel.finish();
+    assert!(report.disconnected);
+    assert!(image == shadow, "image differs from the shadow copy");
+}
+
+#[test]
+fn writes_past_the_end_are_short_and_reads_stop_there() {
+    let size = 1 << 20;
+    let mut kernel = start_or_skip!("eof", size, ExportOptions::default());
+    assert_eq!(kernel.write(size as u64 - 4096, &[7u8; 8192]), 4096);
+    assert_eq!(kernel.write(size as u64, &[7u8; 4096]), 0);
+    assert_eq!(kernel.read(size as u64 - 100, 4096).len(), 100);
+    assert!(kernel.read(size as u64, 4096).is_empty());
+    let (_, image) = kernel.finish();
+    assert_eq!(image.len(), size);
+}
+
+#[test]
+fn growable_export_grows_on_writes_past_the_end() {
+    let size = 1 << 20;
+    let options = ExportOptions {
+        growable: true,
+        allow_other: false,
+    };
+    let mut kernel = start_or_skip!("grow", size, options);
+    let data = pattern(10_000, 9);
+    assert_eq!(kernel.write(size as u64 + 100, &data), 10_000);
+    assert!(kernel.read(size as u64 + 100, 10_000) == data);
+    let (_, image) = kernel.finish();
+    assert_eq!(image.len(), size + 10_100);
+    assert!(image[size + 100..] == data);
+}
+
+#[test]
+fn overlapping_writes_in_flight_never_resurrect_old_bytes() {
+    let mut kernel = start_or_skip!("overlap", 4 << 20, ExportOptions::default());
+    let original = kernel.read(0, 40_000);
+    // Pipelined without waiting: unaligned writes sharing blocks. Without
+    // the range lock, a read-modify-write could put old bytes back over a
+    // write that finished in between.
+    let writes: Vec<(usize, Vec<u8>)> = (0..64)
+        .map(|i| (1000 + i * 331, pattern(5000 + i * 7, 100 + i as u64)))
+        .collect();
+    let mut uniques = Vec::new();
+    for (offset, data) in &writes {
+        uniques.push(kernel.send_write(*offset as u64, data));
+    }
+    let mut answered = Vec::new();
+    for _ in &writes {
+        let (unique, error, payload) = kernel.recv();
+        assert_eq!(error, 0);
+        let written = u32::from_ne_bytes(payload[0..4].try_into().unwrap()) as usize;
+        let index = uniques.iter().position(|&u| u == unique).unwrap();
+        assert_eq!(written, writes[index].1.len());
+        answered.push(unique);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, uniques);
+    let result = kernel.read(0, 40_000);
+    for (position, &byte) in result.iter().enumerate() {
+        let candidates: Vec<u8> = writes
+            .iter()
+            .filter(|(offset, data)| (*offset..offset + data.len()).contains(&position))
+            .map(|(offset, data)| data[position - offset])
+            .collect();
+        if candidates.is_empty() {
+            assert_eq!(
+                byte, original[position],
+                "byte {position} outside every write changed"
+            );
+        } else {
+            assert!(
+                candidates.contains(&byte),
+                "byte {position} holds data no write put there"
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_and_unknown_requests_get_error_replies() {
+    let mut kernel = start_or_skip!("bad", 1 << 20, ExportOptions::default());
+    // Unknown opcode: ENOSYS.
+    let unique = kernel.send(9999, &[1, 2, 3], &[]);
+    assert_eq!(kernel.recv(), (unique, -38, vec![]));
+    // Header length disagrees with the message: EIO, still answered.
+    let (unique, mut msg) = kernel.frame(GETATTR, &[0u8; 16], &[]);
+    msg[0] = 99;
+    kernel.send_raw(&msg);
+    assert_eq!(kernel.recv(), (unique, -5, vec![]));
+    // READ whose arguments are cut short: EIO.
+    let (unique, msg) = kernel.frame(READ, &[0u8; 10], &[]);
+    kernel.send_raw(&msg);
+    assert_eq!(kernel.recv(), (unique, -5, vec![]));
+    // Too short to carry a header: dropped, and the queue keeps serving.
+    kernel.send_raw(&[1, 2, 3]);
+    let unique = kernel.send(GETATTR, &[0u8; 16], &[]);
+    let (got, error, payload) = kernel.recv();
+    assert_eq!((got, error, payload.len()), (unique, 0, 104));
+    let size = u64::from_ne_bytes(payload[24..32].try_into().unwrap());
+    assert_eq!(size, 1 << 20);
+}
+
+/// Steady state allocates nothing: buffers cycle through the pool, job
+/// entries are reused, replies are encoded inline.
+#[test]
+fn steady_state_serves_without_allocating() {
+    let mut kernel = start_or_skip!("alloc", 16 << 20, ExportOptions::default());
+    let big = pattern(1 << 20, 1);
+    let mid = pattern(65536, 2);
+    let small = pattern(4096, 3);
+    let odd = pattern(777, 4);
+    let mut round = |kernel: &mut FakeKernel, i: u64| {
+        let base = (i % 8) << 20;
+        assert_eq!(kernel.write(base, &big), 1 << 20);
+        assert_eq!(kernel.write(base + 65536, &mid), 65536);
+        assert_eq!(kernel.write(base + 4096, &small), 4096);
+        assert_eq!(kernel.write(base + 13, &odd), 777);
+        assert_eq!(kernel.read(base, 1 << 20).len(), 1 << 20);
+        assert_eq!(kernel.read(base + 5, 4000).len(), 4000);
+    };
+    for i in 0..50 {
+        round(&mut kernel, i);
+    }
+    let before = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
+    for i in 0..200 {
+        round(&mut kernel, i);
+    }
+    let after = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
+    assert_eq!(
+        after - before,
+        0,
+        "the queue thread allocated in steady state"
+    );
+    let (report, _) = kernel.finish();
+    assert!(report.requests >= 250 * 6);
+    assert!(
+        report.spilled >= 250 * 2,
+        "1 MiB and 64 KiB writes use the spill-over"
+    );
+}
+
+#[test]
+fn small_writes_never_take_a_spill_tier() {
+    let mut kernel = start_or_skip!("tiers", 1 << 20, ExportOptions::default());
+    for i in 0..100 {
+        assert_eq!(kernel.write(i * 4096, &[i as u8; 4096]), 4096);
+    }
+    let (report, _) = kernel.finish();
+    assert_eq!(report.spilled, 0);
+    // Each posted read took one head block; nothing else was mapped.
+    assert!(report.pool.allocated < 40, "{:?}", report.pool);
+}
+
+#[test]
+fn shared_image_state_is_visible_to_the_export() {
+    // Export::attr reflects the image: size and the presented mode.
+    let dir = TempDir::new("attr");
+    let path = dir.0.join("a.raw");
+    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    let image = Image::open(&path, true, CacheMode::None).unwrap();
+    let export = Export::new(image, MAX_WRITE, ExportOptions::default());
+    let attr = export.attr().unwrap();
+    assert_eq!(attr.size, 8192);
+    assert_eq!(attr.mode, libc_mode_regular() | 0o400);
+    let _keep: Arc<Export> = export;
+}
+
+fn libc_mode_regular() -> u32 {
+    0o100000
+}
