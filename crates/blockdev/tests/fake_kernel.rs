@@ -425,7 +425,7 @@ fn steady_state_serves_without_allocating() {
     let mid = pattern(65536, 2);
     let small = pattern(4096, 3);
     let odd = pattern(777, 4);
-    let mut round = |kernel: &mut FakeKernel, i: u64| {
+    let round = |kernel: &mut FakeKernel, i: u64| {
         let base = (i % 8) << 20;
         assert_eq!(kernel.write(base, &big), 1 << 20);
         assert_eq!(kernel.write(base + 65536, &mid), 65536);
