@@ -51,9 +51,10 @@ struct Args {
     #[arg(long)]
     allow_other: bool,
 
-    /// Queue threads, each with its own /dev/fuse fd and io_uring.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    queues: u16,
+    /// Queue threads, each with its own /dev/fuse fd and io_uring
+    /// [default: the number of CPUs, at most 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: Option<u16>,
 
     /// Reads kept posted on /dev/fuse per queue.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -276,8 +277,12 @@ fn run(args: Args) -> Result<(), Failure> {
     let export = Export::new(image, max_write, options);
     let backing = vec![export.image().raw_fd()];
     let factory_export = export.clone();
+    let queues = match args.queues {
+        Some(queues) => queues as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+    };
     let running = session
-        .start(args.queues as usize, config, backing, move |context| {
+        .start(queues, config, backing, move |context| {
             factory_export.queue_handler(context)
         })
         .map_err(|err| Failure::runtime(format!("starting queues: {err}")))?;
@@ -297,7 +302,7 @@ fn run(args: Args) -> Result<(), Failure> {
             ""
         },
         args.mountpoint.display(),
-        args.queues,
+        queues,
     );
 
     crossbeam_channel::select! {
