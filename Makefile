@@ -1,0 +1,57 @@
+# Entry points for humans and CI. `make run` serves a demo image; `make test`
+# is exactly what CI runs (.ci/run).
+
+CARGO ?= cargo
+
+.PHONY: setup run test lint tidy fuzz clean
+
+# Installs what is missing (as root, through apt) and checks /dev/fuse.
+# Quiet and idempotent when everything is already there.
+setup:
+	@missing=""; \
+	command -v fusermount3 >/dev/null 2>&1 || missing="$$missing fuse3"; \
+	command -v fio >/dev/null 2>&1 || missing="$$missing fio"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+			echo "setup: missing packages:$$missing; install them with: sudo apt-get install$$missing" >&2; \
+			echo "setup: continuing; tests that need them will skip" >&2; \
+		else \
+			echo "setup: installing$$missing"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+		fi; \
+	fi; \
+	if [ ! -c /dev/fuse ]; then \
+		echo "setup: /dev/fuse is missing: the FUSE module is not loaded or the device is not" >&2; \
+		echo "setup: passed into this container; end-to-end tests will SKIP and 'make run' cannot mount" >&2; \
+	fi
+
+# Extra arguments for `cargo xtask run`, e.g. make run RUN_ARGS='--image disk.raw --mount /mnt/x'
+RUN_ARGS ?=
+run: setup
+	$(CARGO) xtask run $(RUN_ARGS)
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) xtask tidy
+
+tidy:
+	$(CARGO) xtask tidy
+
+test: setup lint
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --doc --workspace
+
+# Placeholder until crates/fuse-proto/fuzz exists; the fuse-proto owner refines it.
+FUZZ_DIR := crates/fuse-proto/fuzz
+FUZZ_SECONDS ?= 60
+fuzz:
+	@if [ -d $(FUZZ_DIR) ]; then \
+		cd $(FUZZ_DIR) && $(CARGO) +nightly fuzz run parse_request -- -max_total_time=$(FUZZ_SECONDS); \
+	else \
+		echo "fuzz: $(FUZZ_DIR) does not exist yet, nothing to fuzz" >&2; \
+	fi
+
+clean:
+	$(CARGO) clean

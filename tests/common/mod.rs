@@ -1,0 +1,878 @@
+//! End-to-end harness: runs the real `fuse-export` binary against real
+//! clients (dd, qemu-img, std::fs) on a real FUSE mount.
+//!
+//! Every resource a test creates is owned by a guard: [`TestDir`] removes its
+//! directory, [`Server`] stops its process and unmounts whatever it left
+//! mounted. Guards run on panic too, so a failing test leaves neither a mount
+//! nor a process behind. A [`Server`] borrows its [`TestDir`], so the borrow
+//! checker guarantees the unmount happens before the directory is removed.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::marker::PhantomData;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::mount::UnmountFlags;
+use rustix::process::{Pid, Signal};
+
+/// The server binary Cargo built for this test run.
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_fuse-export");
+/// Filesystem type of an export in /proc/self/mounts (`fuse.<subtype>`).
+pub const EXPORT_FSTYPE: &str = "fuse.fuse-export";
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+
+/// How long a server may take to mount and answer GETATTR.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server may take to exit after SIGTERM or an external umount.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for one client command; a hung FUSE request otherwise hangs the
+/// test until the runner kills it, with no hint of what was running.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Alignment that satisfies O_DIRECT on every filesystem we meet.
+pub const DIRECT_IO_ALIGN: usize = 4096;
+
+// ---------------------------------------------------------------------------
+// Preconditions
+
+/// Returns whether end-to-end tests can mount here. If not, prints a visible
+/// `SKIP:` line; the caller then returns early (and passes).
+#[must_use]
+pub fn skip_unless_fuse() -> bool {
+    let reason = if !rustix::process::getuid().is_root() {
+        "not running as root (mounting the export needs root)"
+    } else if !Path::new("/dev/fuse").exists() {
+        "/dev/fuse is missing (FUSE not loaded or not passed into this container)"
+    } else {
+        return true;
+    };
+    eprintln!("SKIP: {}: {reason}", current_test_name());
+    false
+}
+
+/// The first executable file named `program` in the `PATH` directories.
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The running test's name (libtest and nextest name the thread after it).
+pub fn current_test_name() -> String {
+    thread::current().name().unwrap_or("test").to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Scratch directory
+
+static NEXT_DIR_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// `label` only makes the directory recognisable; pid and a counter make it
+    /// unique across parallel test processes and threads.
+    pub fn new(label: &str) -> TestDir {
+        let id = NEXT_DIR_ID.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::temp_dir();
+        // Canonical, because /proc/self/mounts lists canonical paths and the
+        // harness compares mountpoints with them.
+        let base = fs::canonicalize(&base)
+            .unwrap_or_else(|err| panic!("cannot resolve {}: {err}", base.display()));
+        let path = base.join(format!("fuse-export-{label}-{}-{id}", std::process::id()));
+        fs::create_dir(&path)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        // Never descend into a mount that somehow survived: removing through
+        // it would touch the exported image (or hang on a dead server).
+        if let Some(mount) = mounts_below(&self.path).first() {
+            eprintln!(
+                "keeping {}: {} is still mounted",
+                self.path.display(),
+                mount.display()
+            );
+            return;
+        }
+        if let Err(err) = fs::remove_dir_all(&self.path) {
+            eprintln!("cannot remove {}: {err}", self.path.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Test data
+
+/// xorshift64* seeded through splitmix64: fast, reproducible test data
+/// without a `rand` dependency. Any seed (0 included) is fine.
+#[derive(Debug, Clone)]
+pub struct Xorshift {
+    state: u64,
+}
+
+impl Xorshift {
+    pub fn new(seed: u64) -> Xorshift {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // xorshift's state must never be zero.
+        Xorshift { state: z | 1 }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Fills `buf` with the next bytes of the stream. The stream is the same
+    /// however it is cut, as long as every cut but the last falls on a
+    /// multiple of 8 bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut words = buf.chunks_exact_mut(8);
+        for word in &mut words {
+            word.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            let last = self.next_u64().to_le_bytes();
+            tail.copy_from_slice(&last[..tail.len()]);
+        }
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        self.fill(&mut buf);
+        buf
+    }
+}
+
+/// `len` bytes of the stream of `seed`.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    Xorshift::new(seed).bytes(len)
+}
+
+/// Writes the first `len` bytes of the stream of `seed` to a new file,
+/// without holding them all in memory; the content equals
+/// `random_bytes(seed, len)`.
+pub fn create_random_file(path: &Path, seed: u64, len: u64) {
+    let mut rng = Xorshift::new(seed);
+    let mut file = File::create_new(path)
+        .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
+    let mut chunk = vec![0; MIB as usize];
+    let mut written = 0;
+    while written < len {
+        let n = (len - written).min(MIB) as usize;
+        rng.fill(&mut chunk[..n]);
+        file.write_all(&chunk[..n])
+            .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+        written += n as u64;
+    }
+}
+
+/// A new file of `len` bytes that are all holes.
+pub fn create_sparse_file(path: &Path, len: u64) {
+    let file = File::create_new(path)
+        .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
+    file.set_len(len)
+        .unwrap_or_else(|err| panic!("cannot size {}: {err}", path.display()));
+}
+
+pub fn write_file(path: &Path, data: &[u8]) {
+    fs::write(path, data).unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+}
+
+pub fn read_file(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
+}
+
+pub fn file_size(path: &Path) -> u64 {
+    fs::metadata(path)
+        .unwrap_or_else(|err| panic!("cannot stat {}: {err}", path.display()))
+        .len()
+}
+
+/// A heap buffer whose start is aligned for O_DIRECT, without `unsafe`:
+/// over-allocate and start at the first aligned byte.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let storage = vec![0; len + DIRECT_IO_ALIGN];
+        let misalignment = storage.as_ptr() as usize % DIRECT_IO_ALIGN;
+        let start = (DIRECT_IO_ALIGN - misalignment) % DIRECT_IO_ALIGN;
+        AlignedBuf {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    pub fn from_slice(data: &[u8]) -> AlignedBuf {
+        let mut buf = AlignedBuf::zeroed(data.len());
+        buf.as_mut_slice().copy_from_slice(data);
+        buf
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+/// Opens `path` read-write with O_DIRECT.
+pub fn open_direct(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+        .unwrap_or_else(|err| panic!("cannot open {} with O_DIRECT: {err}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Comparisons
+
+/// Offset of the first byte where `a` and `b` differ, or of the end of the
+/// shorter one when one is a prefix of the other.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    // Comparing chunk by chunk lets memcmp do the bulk of the work (tests
+    // are built without optimisation and compare hundreds of MiB).
+    const CHUNK: usize = 64 * 1024;
+    let common = a.len().min(b.len());
+    let mut offset = 0;
+    while offset < common {
+        let end = (offset + CHUNK).min(common);
+        if a[offset..end] != b[offset..end] {
+            let within = a[offset..end]
+                .iter()
+                .zip(&b[offset..end])
+                .position(|(x, y)| x != y);
+            return within.map(|i| offset + i);
+        }
+        offset = end;
+    }
+    (a.len() != b.len()).then_some(common)
+}
+
+/// Asserts `actual == expected`, reporting the first differing offset and
+/// the bytes around it instead of dumping both buffers.
+#[track_caller]
+pub fn assert_same_bytes(what: &str, expected: &[u8], actual: &[u8]) {
+    if let Some(offset) = first_difference(expected, actual) {
+        let around = |data: &[u8]| {
+            let end = (offset + 16).min(data.len());
+            format!("{:02x?}", &data[offset.min(end)..end])
+        };
+        panic!(
+            "{what}: first difference at offset {offset} ({offset:#x}); expected {} bytes, got {}\n\
+             expected from there: {}\n\
+             actual from there:   {}",
+            expected.len(),
+            actual.len(),
+            around(expected),
+            around(actual),
+        );
+    }
+}
+
+/// Asserts two files have identical contents, reading both in chunks.
+#[track_caller]
+pub fn assert_files_equal(expected: &Path, actual: &Path) {
+    let open = |path: &Path| {
+        File::open(path).unwrap_or_else(|err| panic!("cannot open {}: {err}", path.display()))
+    };
+    let (mut expected_file, mut actual_file) = (open(expected), open(actual));
+    let mut expected_buf = vec![0; 4 * MIB as usize];
+    let mut actual_buf = vec![0; 4 * MIB as usize];
+    let mut offset = 0usize;
+    loop {
+        let n = read_full(&mut expected_file, &mut expected_buf, expected);
+        let m = read_full(&mut actual_file, &mut actual_buf, actual);
+        if let Some(at) = first_difference(&expected_buf[..n], &actual_buf[..m]) {
+            let (offset, a, b) = (offset + at, expected.display(), actual.display());
+            panic!("{b} differs from {a}: first difference at offset {offset} ({offset:#x})");
+        }
+        if n == 0 {
+            return;
+        }
+        offset += n;
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the byte count.
+fn read_full(file: &mut File, buf: &mut [u8], path: &Path) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => panic!("cannot read {}: {err}", path.display()),
+        }
+    }
+    filled
+}
+
+/// The OS error number of an I/O error, for messages and assertions.
+pub fn errno_of(err: &io::Error) -> Option<rustix::io::Errno> {
+    err.raw_os_error().map(rustix::io::Errno::from_raw_os_error)
+}
+
+// ---------------------------------------------------------------------------
+// Mount table
+
+/// One line of /proc/self/mounts.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub options: String,
+}
+
+impl MountEntry {
+    /// Whether the mount options include `option` (e.g. `ro`).
+    pub fn has_option(&self, option: &str) -> bool {
+        self.options.split(',').any(|o| o == option)
+    }
+}
+
+pub fn mount_table() -> Vec<MountEntry> {
+    read_mount_table().unwrap_or_else(|err| panic!("cannot read /proc/self/mounts: {err}"))
+}
+
+/// [`mount_table`] for guards, which must not panic.
+fn read_mount_table() -> io::Result<Vec<MountEntry>> {
+    let table = fs::read("/proc/self/mounts")?;
+    let entries = table
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let mut fields = line.split(|&b| b == b' ');
+            let _source = fields.next()?;
+            let mountpoint = unescape_mount_field(fields.next()?);
+            let fstype = String::from_utf8_lossy(fields.next()?).into_owned();
+            let options = String::from_utf8_lossy(fields.next()?).into_owned();
+            Some(MountEntry {
+                mountpoint,
+                fstype,
+                options,
+            })
+        })
+        .collect();
+    Ok(entries)
+}
+
+/// The kernel escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mount_field(field: &[u8]) -> PathBuf {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|digits| field[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
+        match octal {
+            Some(digits) => {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+/// The topmost mount at exactly `path`, if any.
+pub fn find_mount(path: &Path) -> Option<MountEntry> {
+    mount_table()
+        .into_iter()
+        .rev()
+        .find(|entry| entry.mountpoint == path)
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    find_mount(path).is_some()
+}
+
+/// Mountpoints strictly inside `dir`; for guards, so it does not panic (and
+/// cannot read the table: it reports `dir` itself as mounted to be safe).
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    match read_mount_table() {
+        Ok(table) => table
+            .into_iter()
+            .map(|entry| entry.mountpoint)
+            .filter(|mountpoint| mountpoint.starts_with(dir) && mountpoint != dir)
+            .collect(),
+        Err(_) => vec![dir.to_path_buf()],
+    }
+}
+
+#[track_caller]
+pub fn assert_mounted(path: &Path) {
+    assert!(is_mounted(path), "{} is not mounted", path.display());
+}
+
+#[track_caller]
+pub fn assert_not_mounted(path: &Path) {
+    if let Some(entry) = find_mount(path) {
+        panic!("{} is still mounted: {entry:?}", path.display());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running commands
+
+/// Runs `f` on a helper thread and gives up after `timeout`. For operations
+/// that block on the FUSE server (stat, a client command): when the server
+/// hangs, the test fails with a message instead of hanging; the stuck thread
+/// is released once the server guard kills the server.
+pub fn with_timeout<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        // The receiver is gone after a timeout; nobody wants the result then.
+        let _ = sender.send(f());
+    });
+    receiver.recv_timeout(timeout).ok()
+}
+
+/// Calls `check` every 10 ms until it returns `Some` or `timeout` passes.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The command line as a shell would show it, for messages.
+pub fn describe(command: &Command) -> String {
+    let mut words = vec![command.get_program().to_string_lossy().into_owned()];
+    words.extend(
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned()),
+    );
+    words.join(" ")
+}
+
+/// Runs `command` to completion (stdin closed, output captured), killing it
+/// and failing the test after [`COMMAND_TIMEOUT`].
+pub fn run(command: &mut Command) -> Output {
+    let shown = describe(command);
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start `{shown}`: {err}"));
+    let pid = child_pid(&child);
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    let result = match receiver.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(result) => result,
+        Err(_) => {
+            // The waiting thread has not reaped the child, so the pid is
+            // still ours.
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            let output = receiver.recv().map(|r| r.map(|o| output_text(&o)));
+            panic!("`{shown}` did not finish within {COMMAND_TIMEOUT:?}; killed it: {output:?}");
+        }
+    };
+    result.unwrap_or_else(|err| panic!("cannot wait for `{shown}`: {err}"))
+}
+
+/// Runs `command` and fails the test, with its output, unless it succeeds.
+#[track_caller]
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = run(command);
+    assert!(
+        output.status.success(),
+        "`{}` failed ({}):\n{}",
+        describe(command),
+        output.status,
+        output_text(&output)
+    );
+    output
+}
+
+/// stdout and stderr of a finished command, for messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "--- stdout ---\n{}--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `dd` with `key=value` operands; paths are interpolated with `display()`
+/// (test paths are UTF-8).
+pub fn dd(operands: &[String]) -> Command {
+    let mut command = Command::new("dd");
+    command.args(operands);
+    command
+}
+
+fn child_pid(child: &Child) -> Pid {
+    let raw = i32::try_from(child.id()).expect("pid fits in i32");
+    Pid::from_raw(raw).expect("a child's pid is positive")
+}
+
+// ---------------------------------------------------------------------------
+// The server under test
+
+/// A running `fuse-export` process. Dropping it sends SIGTERM (to this pid
+/// only), waits up to [`STOP_TIMEOUT`], then SIGKILLs; afterwards it detaches
+/// (`umount -l`) the mountpoint if it is still mounted.
+#[derive(Debug)]
+pub struct Server<'dir> {
+    child: Child,
+    exit_status: Option<ExitStatus>,
+    mount: PathBuf,
+    log: PathBuf,
+    /// The scratch directory (holding the log, usually the mountpoint too)
+    /// must outlive the server guard.
+    _dir: PhantomData<&'dir TestDir>,
+}
+
+static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(0);
+
+impl<'dir> Server<'dir> {
+    /// Starts `fuse-export --image <image> --mount <mount> <extra_args>` and
+    /// returns once the export is ready: mounted with the export's fstype and
+    /// `stat` reports the image's size. Fails with the server's stderr if it
+    /// exits first or is not ready within [`READY_TIMEOUT`].
+    pub fn export(
+        dir: &'dir TestDir,
+        image: &Path,
+        mount: &Path,
+        extra_args: &[&str],
+    ) -> Server<'dir> {
+        Server::export_with_env(dir, image, mount, extra_args, &[])
+    }
+
+    /// [`Server::export`] with extra environment variables for the server.
+    pub fn export_with_env(
+        dir: &'dir TestDir,
+        image: &Path,
+        mount: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> Server<'dir> {
+        let image_size = file_size(image);
+        let mut args: Vec<OsString> = vec![
+            "--image".into(),
+            image.into(),
+            "--mount".into(),
+            mount.into(),
+        ];
+        args.extend(extra_args.iter().map(OsString::from));
+        let mut server = Server::spawn_with_env(dir, &args, mount, env);
+        server.wait_until_ready(image_size);
+        server
+    }
+
+    /// Starts the server with exactly `args`, without waiting for anything.
+    /// `mount` is the path the guard unmounts on drop if it is mounted.
+    pub fn spawn(dir: &'dir TestDir, args: &[OsString], mount: &Path) -> Server<'dir> {
+        Server::spawn_with_env(dir, args, mount, &[])
+    }
+
+    /// [`Server::spawn`] with extra environment variables for the server.
+    pub fn spawn_with_env(
+        dir: &'dir TestDir,
+        args: &[OsString],
+        mount: &Path,
+        env: &[(&str, &OsStr)],
+    ) -> Server<'dir> {
+        let log_id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
+        let log = dir.join(format!("server-{log_id}.log"));
+        let stderr = File::create(&log)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
+        let stdout = stderr
+            .try_clone()
+            .expect("cannot duplicate the log file descriptor");
+        let child = Command::new(SERVER_BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN}: {err}"));
+        Server {
+            child,
+            exit_status: None,
+            mount: mount.to_path_buf(),
+            log,
+            _dir: PhantomData,
+        }
+    }
+
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// Everything the server wrote to stdout and stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read(&self.log)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_else(|err| format!("<cannot read {}: {err}>", self.log.display()))
+    }
+
+    /// Sends `signal` to the server process, unless it has been reaped.
+    pub fn signal(&self, signal: Signal) {
+        if self.exit_status.is_none() {
+            rustix::process::kill_process(child_pid(&self.child), signal)
+                .unwrap_or_else(|err| panic!("cannot send {signal:?} to the server: {err}"));
+        }
+    }
+
+    /// Waits up to `timeout` for the server to exit.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        poll_until(timeout, || self.try_wait())
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit_status.is_none() {
+            self.exit_status = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|err| panic!("cannot wait for the server: {err}"));
+        }
+        self.exit_status
+    }
+
+    /// Asserts the server exits with status 0 within [`STOP_TIMEOUT`] and
+    /// leaves nothing mounted (after SIGTERM, umount, ...).
+    #[track_caller]
+    pub fn assert_exits_cleanly(&mut self, after: &str) {
+        let Some(status) = self.wait_for_exit(STOP_TIMEOUT) else {
+            panic!(
+                "the server is still running {STOP_TIMEOUT:?} after {after}; stderr:\n{}",
+                self.stderr()
+            );
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "the server exited with {status} after {after}; stderr:\n{}",
+            self.stderr()
+        );
+        if let Some(entry) = find_mount(&self.mount) {
+            panic!(
+                "{} is still mounted after the server exited: {entry:?}; stderr:\n{}",
+                self.mount.display(),
+                self.stderr()
+            );
+        }
+    }
+
+    /// SIGTERM, then [`Server::assert_exits_cleanly`]. After this the image
+    /// file can be inspected directly.
+    #[track_caller]
+    pub fn stop(mut self) {
+        self.signal(Signal::TERM);
+        self.assert_exits_cleanly("SIGTERM");
+    }
+
+    fn wait_until_ready(&mut self, image_size: u64) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last_seen = String::from("not mounted");
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "the server exited ({status}) before the export was ready; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if let Some(entry) = find_mount(&self.mount) {
+                if entry.fstype != EXPORT_FSTYPE {
+                    last_seen = format!("mounted with fstype {}", entry.fstype);
+                } else {
+                    // stat goes to the server (GETATTR) and blocks until it
+                    // answers, so it is bounded by the remaining time too.
+                    let mount = self.mount.clone();
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match with_timeout(remaining, move || fs::metadata(mount)) {
+                        Some(Ok(meta)) if meta.is_file() && meta.len() == image_size => return,
+                        Some(Ok(meta)) => {
+                            last_seen = format!(
+                                "mounted; stat: {:?}, {} bytes (image: {image_size})",
+                                meta.file_type(),
+                                meta.len()
+                            );
+                        }
+                        Some(Err(err)) => last_seen = format!("mounted; stat failed: {err}"),
+                        None => last_seen = String::from("mounted; stat did not return"),
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the export at {} was not ready within {READY_TIMEOUT:?} ({last_seen}); stderr:\n{}",
+                    self.mount.display(),
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server<'_> {
+    fn drop(&mut self) {
+        if self.try_wait_quietly().is_none() {
+            let _ = rustix::process::kill_process(child_pid(&self.child), Signal::TERM);
+            if self.wait_quietly(STOP_TIMEOUT).is_none() {
+                eprintln!("the server ignored SIGTERM for {STOP_TIMEOUT:?}; sending SIGKILL");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        let still_mounted = read_mount_table().map_or(true, |table| {
+            table.iter().any(|entry| entry.mountpoint == self.mount)
+        });
+        if still_mounted {
+            eprintln!("{} was left mounted; detaching it", self.mount.display());
+            if let Err(err) = rustix::mount::unmount(&self.mount, UnmountFlags::DETACH) {
+                eprintln!("umount -l {} failed: {err}", self.mount.display());
+            }
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- fuse-export output ({}) ---\n{}",
+                self.log.display(),
+                self.stderr()
+            );
+        }
+    }
+}
+
+impl Server<'_> {
+    // Drop must not panic (a panic while unwinding aborts the whole test
+    // binary), so it uses these non-panicking variants.
+
+    fn try_wait_quietly(&mut self) -> Option<ExitStatus> {
+        if self.exit_status.is_none() {
+            self.exit_status = self.child.try_wait().ok().flatten();
+        }
+        self.exit_status
+    }
+
+    fn wait_quietly(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        poll_until(timeout, || self.try_wait_quietly())
+    }
+}
+
+/// A client process (e.g. a long dd) that is killed and reaped if the test
+/// ends while it still runs, so no test leaves it behind.
+#[derive(Debug)]
+pub struct KillOnDrop {
+    pub child: Child,
+    exit_status: Option<ExitStatus>,
+}
+
+impl KillOnDrop {
+    pub fn spawn(command: &mut Command) -> KillOnDrop {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start `{}`: {err}", describe(command)));
+        KillOnDrop {
+            child,
+            exit_status: None,
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit_status.is_none() {
+            self.exit_status = self.child.try_wait().ok().flatten();
+        }
+        self.exit_status
+    }
+
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        poll_until(timeout, || self.try_wait())
+    }
+
+    /// The captured stderr, once the process has exited (else empty, as
+    /// reading a live pipe would block).
+    pub fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if self.try_wait().is_some()
+            && let Some(mut pipe) = self.child.stderr.take()
+        {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
