@@ -22,6 +22,9 @@ pub struct ExportOptions {
     pub growable: bool,
     /// The mount allows other users (enables owner changes, group/other modes).
     pub allow_other: bool,
+    /// Passthrough: the kernel reads and writes the image itself through
+    /// this backing id (`FOPEN_PASSTHROUGH`); only metadata reaches us.
+    pub passthrough: Option<i32>,
 }
 
 /// The owner and permission bits the file shows. They live only in the
@@ -105,9 +108,16 @@ impl Export {
     pub fn attr(&self) -> std::io::Result<Attr> {
         let stat = self.image.stat()?;
         let shown = self.presentation();
+        // With passthrough the kernel writes the image directly and may
+        // extend it; the file itself is then the only truth about the size.
+        let size = if self.options.passthrough.is_some() {
+            self.image.refresh_size()?
+        } else {
+            self.image.size()
+        };
         Ok(Attr {
             ino: fuse_proto::ROOT_ID,
-            size: self.image.size(),
+            size,
             blocks: stat.st_blocks as u64,
             atime: stat.st_atime as u64,
             mtime: stat.st_mtime as u64,

@@ -433,7 +433,7 @@ impl QueueHandler {
                 }
                 io.reply(job, self.export.attr_reply(unique));
             }
-            AfterResize::Open => io.reply(job, open_reply(unique)),
+            AfterResize::Open => io.reply(job, self.open_reply(unique)),
         }
     }
 
@@ -590,22 +590,27 @@ impl QueueHandler {
         if flags & libc::O_TRUNC as u32 != 0 && writes && self.export.options().growable {
             return self.resize(job, 0, AfterResize::Open, io);
         }
-        io.reply(job, open_reply(unique));
+        io.reply(job, self.open_reply(unique));
     }
-}
 
-fn open_reply(unique: u64) -> Reply {
-    // DIRECT_IO: the page cache of the export would only duplicate the
-    // image's; PARALLEL_DIRECT_WRITES: writers on the file run concurrently.
-    let open_flags = FopenFlags::DIRECT_IO | FopenFlags::PARALLEL_DIRECT_WRITES;
-    Reply::with(
-        unique,
-        &OpenOut {
-            fh: 0,
-            open_flags: open_flags.bits(),
-            backing_id: 0,
-        },
-    )
+    fn open_reply(&self, unique: u64) -> Reply {
+        let open = match self.export.options().passthrough {
+            // The kernel serves READ and WRITE on the image itself.
+            Some(backing_id) => OpenOut {
+                fh: 0,
+                open_flags: FopenFlags::PASSTHROUGH.bits(),
+                backing_id,
+            },
+            // DIRECT_IO: the page cache of the export would only duplicate
+            // the image's; PARALLEL_DIRECT_WRITES: writers run concurrently.
+            None => OpenOut {
+                fh: 0,
+                open_flags: (FopenFlags::DIRECT_IO | FopenFlags::PARALLEL_DIRECT_WRITES).bits(),
+                backing_id: 0,
+            },
+        };
+        Reply::with(unique, &open)
+    }
 }
 
 fn write_reply(unique: u64, written: usize) -> Reply {

@@ -174,6 +174,11 @@ impl Image {
         &self.path
     }
 
+    /// The image's fd (for registering it as a passthrough backing file).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// The raw fd, to register with the queues' rings.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

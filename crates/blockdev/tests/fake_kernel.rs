@@ -335,7 +335,7 @@ fn growable_export_grows_on_writes_past_the_end() {
     let size = 1 << 20;
     let options = ExportOptions {
         growable: true,
-        allow_other: false,
+        ..ExportOptions::default()
     };
     let mut kernel = start_or_skip!("grow", size, options);
     let data = pattern(10_000, 9);

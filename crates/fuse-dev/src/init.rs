@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 
-use fuse_proto::abi::{COMPAT_22_INIT_OUT_SIZE, InitIn, InitOut};
+use fuse_proto::abi::{InitIn, InitOut};
 use fuse_proto::flags::InitFlags;
 use fuse_proto::reply::{Errno, Reply};
 use fuse_proto::{KERNEL_MINOR_VERSION, KERNEL_VERSION, Operation, Request};
@@ -22,6 +22,9 @@ pub struct InitRequest {
     pub extra_flags: InitFlags,
     /// The kernel's page limit per request (`fs.fuse.max_pages_limit`).
     pub max_pages_limit: u32,
+    /// Ask for `FUSE_PASSTHROUGH` (the kernel does READ/WRITE on a backing
+    /// file itself); granted only if offered.
+    pub passthrough: bool,
 }
 
 /// The result of INIT.
@@ -87,10 +90,7 @@ impl std::fmt::Display for InitError {
 impl std::error::Error for InitError {}
 
 /// Computes the INIT reply for the kernel's offer. Pure, for tests.
-pub fn negotiate(
-    init: &InitIn,
-    want: &InitRequest,
-) -> Result<(InitOut, usize, Negotiated), InitError> {
+pub fn negotiate(init: &InitIn, want: &InitRequest) -> Result<(InitOut, Negotiated), InitError> {
     if init.major != KERNEL_VERSION {
         return Err(InitError::UnsupportedMajor(init.major));
     }
@@ -100,7 +100,11 @@ pub fn negotiate(
     } else {
         InitFlags::from_halves(init.flags, 0)
     };
-    let mut flags = (WANTED_FLAGS | want.extra_flags) & offered;
+    let mut wanted = WANTED_FLAGS | want.extra_flags;
+    if want.passthrough {
+        wanted |= InitFlags::PASSTHROUGH;
+    }
+    let mut flags = wanted & offered;
     if flags.high() != 0 && offered.contains(InitFlags::INIT_EXT) {
         flags |= InitFlags::INIT_EXT;
     } else {
@@ -125,16 +129,17 @@ pub fn negotiate(
         time_gran: 1,
         max_pages: max_pages as u16,
         flags2: flags.high(),
+        // Passthrough needs a stacking depth; our backing file sits on a
+        // regular filesystem, one level below.
+        max_stack_depth: if flags.contains(InitFlags::PASSTHROUGH) {
+            1
+        } else {
+            0
+        },
         ..InitOut::default()
-    };
-    let reply_len = if minor < 23 {
-        COMPAT_22_INIT_OUT_SIZE
-    } else {
-        size_of::<InitOut>()
     };
     Ok((
         out,
-        reply_len,
         Negotiated {
             minor,
             offered,
@@ -184,8 +189,8 @@ pub fn handshake(device: &OwnedFd, want: &InitRequest) -> io::Result<Negotiated>
             continue;
         }
         match negotiate(&init, want) {
-            Ok((out, len, negotiated)) => {
-                write_reply(device, &Reply::with_prefix(unique, &out, len))?;
+            Ok((out, negotiated)) => {
+                write_reply(device, &Reply::init(unique, &out, negotiated.minor))?;
                 log::debug!(
                     "INIT: kernel 7.{} offered {:?}; granted {:?}",
                     init.minor,
@@ -228,13 +233,14 @@ mod tests {
             max_background: 512,
             extra_flags: InitFlags::EMPTY,
             max_pages_limit: 256,
+            passthrough: false,
         }
     }
 
     #[test]
     fn grants_large_writes_async_dio_and_init_ext() {
-        let (out, len, n) = negotiate(&kernel_618(), &want(1 << 20)).unwrap();
-        assert_eq!(len, 64);
+        let (out, n) = negotiate(&kernel_618(), &want(1 << 20)).unwrap();
+        assert_eq!(Reply::init(2, &out, n.minor).as_bytes().len(), 16 + 64);
         assert_eq!(out.minor, 45);
         assert_eq!(n.max_write, 1 << 20);
         assert_eq!(out.max_pages, 256);
@@ -261,7 +267,7 @@ mod tests {
     fn max_write_is_clamped_to_the_page_limit() {
         let mut w = want(4 << 20);
         w.max_pages_limit = 256;
-        let (out, _, n) = negotiate(&kernel_618(), &w).unwrap();
+        let (out, n) = negotiate(&kernel_618(), &w).unwrap();
         assert_eq!(n.max_write, 1 << 20);
         assert_eq!(out.max_write, 1 << 20);
     }
@@ -271,11 +277,23 @@ mod tests {
         let mut init = kernel_618();
         init.minor = 31;
         init.flags2 = 0xffff_ffff; // must be ignored before 7.36
-        let (out, len, n) = negotiate(&init, &want(1 << 20)).unwrap();
+        let (out, n) = negotiate(&init, &want(1 << 20)).unwrap();
         assert_eq!(out.minor, 31);
-        assert_eq!(len, 64);
+        assert_eq!(Reply::init(2, &out, n.minor).as_bytes().len(), 16 + 64);
         assert_eq!(out.flags2, 0);
         assert_eq!(n.flags.high(), 0);
+    }
+
+    #[test]
+    fn passthrough_comes_with_a_stack_depth() {
+        let mut w = want(1 << 20);
+        w.passthrough = true;
+        let (out, n) = negotiate(&kernel_618(), &w).unwrap();
+        assert!(n.flags.contains(InitFlags::PASSTHROUGH));
+        assert_eq!(out.max_stack_depth, 1);
+        let (out, n) = negotiate(&kernel_618(), &want(1 << 20)).unwrap();
+        assert!(!n.flags.contains(InitFlags::PASSTHROUGH));
+        assert_eq!(out.max_stack_depth, 0);
     }
 
     #[test]
@@ -292,8 +310,8 @@ mod tests {
     fn pre_7_23_kernels_get_the_short_reply() {
         let mut init = kernel_618();
         init.minor = 22;
-        let (out, len, n) = negotiate(&init, &want(1 << 20)).unwrap();
-        assert_eq!(len, COMPAT_22_INIT_OUT_SIZE);
+        let (out, n) = negotiate(&init, &want(1 << 20)).unwrap();
+        assert_eq!(Reply::init(2, &out, n.minor).as_bytes().len(), 16 + 24);
         assert_eq!(out.minor, 22);
         assert!(!n.flags.contains(InitFlags::INIT_EXT));
     }

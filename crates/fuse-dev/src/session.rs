@@ -1,13 +1,14 @@
 //! A FUSE session: mount, INIT, the queue threads, and an orderly end.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+use fuse_proto::abi::BackingMap;
 use rustix::fs::{Mode, OFlags};
 
 use crate::init::{InitRequest, Negotiated, handshake};
@@ -16,7 +17,7 @@ use crate::queue::{Handler, QueueConfig, QueueReport, QueueSetup, Waker, run_que
 
 /// `FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t)`: attaches a fresh
 /// `/dev/fuse` fd to the connection of the fd whose number it is given.
-const FUSE_DEV_IOC_CLONE: rustix::ioctl::Opcode = 0x8004_e500;
+const FUSE_DEV_IOC_CLONE: rustix::ioctl::Opcode = fuse_proto::ioctl::DEV_IOC_CLONE;
 
 /// A mounted, initialised connection whose queues have not started yet.
 #[derive(Debug)]
@@ -58,6 +59,32 @@ impl Session {
     /// What INIT settled.
     pub fn negotiated(&self) -> &Negotiated {
         &self.negotiated
+    }
+
+    /// Registers `file` as a passthrough backing file and returns its
+    /// `backing_id` for `fuse_open_out` (`FOPEN_PASSTHROUGH`). Needs
+    /// `FUSE_PASSTHROUGH` from INIT and CAP_SYS_ADMIN.
+    pub fn open_backing(&self, file: BorrowedFd<'_>) -> io::Result<i32> {
+        if !self
+            .negotiated
+            .flags
+            .contains(fuse_proto::flags::InitFlags::PASSTHROUGH)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel did not grant FUSE_PASSTHROUGH",
+            ));
+        }
+        let map = BackingOpen(BackingMap {
+            fd: file.as_raw_fd(),
+            flags: 0,
+            padding: 0,
+        });
+        // SAFETY: BACKING_OPEN reads one `fuse_backing_map` through the
+        // pointer `BackingOpen::as_ptr` returns, which points at `map` for
+        // the duration of the call; the result is the ioctl's return value.
+        unsafe { rustix::ioctl::ioctl(self.device.as_fd(), map) }
+            .map_err(|err| io::Error::new(err.kind(), format!("FUSE_DEV_IOC_BACKING_OPEN: {err}")))
     }
 
     /// The path to `stat` once queues run so that the kernel learns the
@@ -175,6 +202,33 @@ where
         stop: Arc::new(AtomicBool::new(false)),
     };
     run_queue(setup, &mut handler)
+}
+
+/// The `FUSE_DEV_IOC_BACKING_OPEN` ioctl: its argument is read by the
+/// kernel, its result is the new backing id.
+struct BackingOpen(BackingMap);
+
+// SAFETY: the opcode is BACKING_OPEN, whose argument is exactly one
+// `fuse_backing_map` that the kernel only reads (hence not mutating), and
+// whose output is the ioctl's return value, not the argument.
+unsafe impl rustix::ioctl::Ioctl for BackingOpen {
+    type Output = i32;
+    const IS_MUTATING: bool = false;
+
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        fuse_proto::ioctl::DEV_IOC_BACKING_OPEN
+    }
+
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        (&raw mut self.0).cast()
+    }
+
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _argument: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<i32> {
+        Ok(out)
+    }
 }
 
 fn clone_device(device: &OwnedFd) -> io::Result<OwnedFd> {

@@ -272,11 +272,12 @@ impl Probe {
             max_background: 64,
             extra_flags: InitFlags::EMPTY,
             max_pages_limit: max_pages_limit(),
+            passthrough: false,
         };
-        let (out, len, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
+        let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
         self.reply(
             MOUNT_FD,
-            Reply::with_prefix(init.unique(), &out, len).as_bytes(),
+            Reply::init(init.unique(), &out, negotiated.minor).as_bytes(),
         );
         self.max_write = negotiated.max_write;
     }

@@ -38,6 +38,13 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_max_write)]
     max_write: usize,
 
+    /// How READ and WRITE reach the image: `readv` (this server, io_uring
+    /// with spill-over buffers) or `passthrough` (the kernel itself, through
+    /// FUSE_PASSTHROUGH; needs root; size limits and alignment handling are
+    /// then the image file's own: writes past the end grow it).
+    #[arg(long, value_enum, default_value_t = Transport::Readv)]
+    transport: Transport,
+
     /// Host page cache use: `none` (O_DIRECT) or `writeback` (buffered).
     #[arg(long, value_enum, default_value_t = Cache::None)]
     cache: Cache,
@@ -64,6 +71,14 @@ struct Args {
     /// write of up to the first bound takes only the first tier.
     #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
     spill_tiers: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// io_uring READV on /dev/fuse; this server does the image I/O.
+    Readv,
+    /// FUSE_PASSTHROUGH: the kernel does READ/WRITE on the image.
+    Passthrough,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -253,6 +268,7 @@ fn run(args: Args) -> Result<(), Failure> {
         max_background: 256,
         extra_flags: fuse_proto::flags::InitFlags::EMPTY,
         max_pages_limit,
+        passthrough: args.transport == Transport::Passthrough,
     };
     let session = Session::mount(&mount_options, &init)
         .map_err(|err| Failure::usage(format!("mounting {}: {err}", args.mountpoint.display())))?;
@@ -270,9 +286,20 @@ fn run(args: Args) -> Result<(), Failure> {
         layout: layout.clone(),
         pool_cap: reads * 4 + 64,
     };
+    let passthrough = match args.transport {
+        Transport::Readv => None,
+        Transport::Passthrough => match session.open_backing(image.as_fd()) {
+            Ok(backing_id) => Some(backing_id),
+            Err(err) => {
+                log::warn!("passthrough unavailable ({err}); serving READ/WRITE with readv");
+                None
+            }
+        },
+    };
     let options = ExportOptions {
         growable: args.growable,
         allow_other: args.allow_other,
+        passthrough,
     };
     let export = Export::new(image, max_write, options);
     let backing = vec![export.image().raw_fd()];
@@ -287,22 +314,26 @@ fn run(args: Args) -> Result<(), Failure> {
         })
         .map_err(|err| Failure::runtime(format!("starting queues: {err}")))?;
     let image = export.image();
+    let mut traits = vec![if image.is_direct() {
+        format!("O_DIRECT, alignment {}", image.alignment())
+    } else {
+        "buffered".to_string()
+    }];
+    if image.is_read_only() {
+        traits.push("read-only".into());
+    }
+    if args.growable {
+        traits.push("growable".into());
+    }
+    if passthrough.is_some() {
+        traits.push("passthrough".into());
+    }
     log::info!(
-        "serving {} ({} bytes, {}{}) at {}; max_write {max_write}, {layout:?}, {} queue(s)",
+        "serving {} ({} bytes, {}) at {}; max_write {max_write}, {layout:?}, {queues} queue(s)",
         image.path().display(),
         image.size(),
-        if image.is_direct() {
-            format!("O_DIRECT, alignment {}", image.alignment())
-        } else {
-            "buffered".to_string()
-        },
-        if image.is_read_only() {
-            ", read-only"
-        } else {
-            ""
-        },
+        traits.join(", "),
         args.mountpoint.display(),
-        queues,
     );
 
     crossbeam_channel::select! {
