@@ -488,8 +488,8 @@ fn bad_command_lines_exit_2_with_one_clear_line() {
             Expect::OneLine,
         ),
         (
-            "directory as mountpoint",
-            with_mount(image_arg(), &subdir),
+            "character device as mountpoint",
+            with_mount(image_arg(), Path::new("/dev/null")),
             Expect::OneLine,
         ),
         (
@@ -674,4 +674,67 @@ fn sigterm_during_dd_write_exits_cleanly_and_keeps_completed_writes() {
         &expected,
         written,
     );
+}
+
+/// A directory mountpoint shows the image inside it under its own name; the
+/// directory cannot be changed, and the data goes to the image.
+#[test]
+fn directory_mountpoint_exposes_the_image_by_name() {
+    if !skip_unless_fuse() {
+        return;
+    }
+    let dir = TestDir::new("directory-mountpoint");
+    let image = dir.join("disk.raw");
+    let mount = dir.join("mnt");
+    create_random_file(&image, 21, 8 * MIB);
+    fs::create_dir(&mount).expect("create the mountpoint directory");
+    let server = Server::export(&dir, &image, &mount, &[]);
+
+    let mut names: Vec<String> = fs::read_dir(&mount)
+        .expect("list the mountpoint")
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["disk.raw"]);
+    let exported = mount.join("disk.raw");
+    let meta = fs::metadata(&exported).expect("stat the exported image");
+    assert!(meta.is_file());
+    assert_eq!(meta.len(), 8 * MIB);
+    assert!(
+        fs::metadata(mount.join("other")).is_err(),
+        "only the image exists in the directory"
+    );
+    let created = fs::File::create(mount.join("new-file"));
+    assert!(
+        created.is_err(),
+        "creating a file in the export directory must fail"
+    );
+
+    let data = random_bytes(22, 64 * 1024);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&exported)
+        .expect("open the image");
+    file.write_all_at(&data, MIB)
+        .expect("write through the directory export");
+    let mut back = vec![0u8; data.len()];
+    file.read_exact_at(&mut back, MIB).expect("read back");
+    assert_same_bytes("read back through the export", &data, &back);
+    drop(file);
+    server.stop();
+
+    let on_image = read_file(&image);
+    assert_same_bytes(
+        "the image after stop",
+        &data,
+        &on_image[MIB as usize..MIB as usize + data.len()],
+    );
+    assert!(mount.is_dir(), "the mountpoint directory is left as it was");
 }

@@ -620,6 +620,12 @@ impl<'dir> Server<'dir> {
         env: &[(&str, &OsStr)],
     ) -> Server<'dir> {
         let image_size = file_size(image);
+        // On a directory mountpoint the image appears inside it, by name.
+        let exported_file = if mount.is_dir() {
+            mount.join(image.file_name().expect("the image path has a file name"))
+        } else {
+            mount.to_path_buf()
+        };
         let mut args: Vec<OsString> = vec![
             "--image".into(),
             image.into(),
@@ -628,7 +634,7 @@ impl<'dir> Server<'dir> {
         ];
         args.extend(extra_args.iter().map(OsString::from));
         let mut server = Server::spawn_with_env(dir, &args, mount, env);
-        server.wait_until_ready(image_size);
+        server.wait_until_ready(image_size, &exported_file);
         server
     }
 
@@ -736,7 +742,7 @@ impl<'dir> Server<'dir> {
         self.assert_exits_cleanly("SIGTERM");
     }
 
-    fn wait_until_ready(&mut self, image_size: u64) {
+    fn wait_until_ready(&mut self, image_size: u64, exported_file: &Path) {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last_seen = String::from("not mounted");
         loop {
@@ -752,9 +758,9 @@ impl<'dir> Server<'dir> {
                 } else {
                     // stat goes to the server (GETATTR) and blocks until it
                     // answers, so it is bounded by the remaining time too.
-                    let mount = self.mount.clone();
+                    let file = exported_file.to_path_buf();
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match with_timeout(remaining, move || fs::metadata(mount)) {
+                    match with_timeout(remaining, move || fs::metadata(file)) {
                         Some(Ok(meta)) if meta.is_file() && meta.len() == image_size => return,
                         Some(Ok(meta)) => {
                             last_seen = format!(

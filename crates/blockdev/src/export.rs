@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use fuse_dev::{PAGE_SIZE, QueueContext};
-use fuse_proto::abi::{Attr, AttrOut, Kstatfs, StatfsOut};
+use fuse_proto::abi::{Attr, AttrOut, EntryOut, Kstatfs, StatfsOut, Statx, StatxOut, SxTime};
 use fuse_proto::reply::{Errno, Reply};
 
 use crate::handler::QueueHandler;
@@ -15,8 +15,18 @@ use crate::range_lock::RangeLocks;
 /// this export, which answers SETATTR with the new attributes.
 const ATTR_VALID_SECS: u64 = 1;
 
+/// How long the kernel may cache the image's name in directory mode.
+const ENTRY_VALID_SECS: u64 = 3600;
+
+/// The image's inode number when the mount root is a directory.
+const FILE_IN_DIRECTORY_INO: u64 = 2;
+
+/// `STATX_BASIC_STATS` and `STATX_BTIME` (`<linux/stat.h>`).
+const STATX_BASIC_STATS: u32 = 0x7ff;
+const STATX_BTIME: u32 = 0x800;
+
 /// Export behaviour chosen on the command line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOptions {
     /// Writes past the end grow the image (otherwise they are short).
     pub growable: bool,
@@ -25,6 +35,9 @@ pub struct ExportOptions {
     /// Passthrough: the kernel reads and writes the image itself through
     /// this backing id (`FOPEN_PASSTHROUGH`); only metadata reaches us.
     pub passthrough: Option<i32>,
+    /// The mountpoint is a directory holding the image under this name
+    /// (otherwise the mount root is the image itself).
+    pub directory_entry: Option<Vec<u8>>,
 }
 
 /// The owner and permission bits the file shows. They live only in the
@@ -76,8 +89,23 @@ impl Export {
     }
 
     /// The options.
-    pub fn options(&self) -> ExportOptions {
-        self.options
+    pub fn options(&self) -> &ExportOptions {
+        &self.options
+    }
+
+    /// The image's inode number: the root itself, or the one entry of the
+    /// root directory.
+    pub fn file_ino(&self) -> u64 {
+        if self.options.directory_entry.is_some() {
+            FILE_IN_DIRECTORY_INO
+        } else {
+            fuse_proto::ROOT_ID
+        }
+    }
+
+    /// Whether `nodeid` is the directory that holds the image.
+    pub fn is_directory(&self, nodeid: u64) -> bool {
+        self.options.directory_entry.is_some() && nodeid == fuse_proto::ROOT_ID
     }
 
     /// The range locks.
@@ -116,7 +144,7 @@ impl Export {
             self.image.size()
         };
         Ok(Attr {
-            ino: fuse_proto::ROOT_ID,
+            ino: self.file_ino(),
             size,
             blocks: stat.st_blocks as u64,
             atime: stat.st_atime as u64,
@@ -135,7 +163,122 @@ impl Export {
         })
     }
 
-    /// A GETATTR/SETATTR reply with the current attributes.
+    /// The attributes of the directory holding the image (directory mode):
+    /// read and search for whoever may reach the image.
+    pub fn directory_attr(&self) -> std::io::Result<Attr> {
+        let mut attr = self.attr()?;
+        let shown = self.presentation();
+        // r-x wherever the file grants any access, so that those who may
+        // use the image can also reach it.
+        let mut mode = 0;
+        for shift in [6, 3, 0] {
+            if shown.mode >> shift & 0o7 != 0 {
+                mode |= 0o5 << shift;
+            }
+        }
+        attr.ino = fuse_proto::ROOT_ID;
+        attr.mode = libc::S_IFDIR | mode;
+        attr.nlink = 2;
+        attr.size = 0;
+        attr.blocks = 0;
+        Ok(attr)
+    }
+
+    /// A GETATTR reply for `nodeid`.
+    pub(crate) fn getattr_reply(&self, unique: u64, nodeid: u64) -> Reply {
+        let attr = if self.is_directory(nodeid) {
+            self.directory_attr()
+        } else {
+            self.attr()
+        };
+        match attr {
+            Ok(attr) => Reply::with(
+                unique,
+                &AttrOut {
+                    attr_valid: ATTR_VALID_SECS,
+                    attr_valid_nsec: 0,
+                    dummy: 0,
+                    attr,
+                },
+            ),
+            Err(err) => Reply::error(unique, errno_of(&err)),
+        }
+    }
+
+    /// The LOOKUP reply for the image's entry in the directory.
+    pub(crate) fn entry_reply(&self, unique: u64) -> Reply {
+        match self.attr() {
+            Ok(attr) => Reply::with(
+                unique,
+                &EntryOut {
+                    nodeid: FILE_IN_DIRECTORY_INO,
+                    generation: 1,
+                    // The name never changes while mounted.
+                    entry_valid: ENTRY_VALID_SECS,
+                    attr_valid: ATTR_VALID_SECS,
+                    entry_valid_nsec: 0,
+                    attr_valid_nsec: 0,
+                    attr,
+                },
+            ),
+            Err(err) => Reply::error(unique, errno_of(&err)),
+        }
+    }
+
+    /// A STATX reply: what GETATTR says, plus the image's birth time, so
+    /// that `stat` needs one round trip instead of STATX, ENOSYS, GETATTR.
+    pub(crate) fn statx_reply(&self, unique: u64, nodeid: u64) -> Reply {
+        let attr = if self.is_directory(nodeid) {
+            self.directory_attr()
+        } else {
+            self.attr()
+        };
+        let (attr, times) = match (attr, self.image.statx_times()) {
+            (Ok(attr), Ok(times)) => (attr, times),
+            (Err(err), _) | (_, Err(err)) => return Reply::error(unique, errno_of(&err)),
+        };
+        let time = |t: rustix::fs::StatxTimestamp| SxTime {
+            tv_sec: t.tv_sec,
+            tv_nsec: t.tv_nsec,
+            reserved: 0,
+        };
+        let mut mask = STATX_BASIC_STATS;
+        let btime = match times.btime {
+            Some(btime) => {
+                mask |= STATX_BTIME;
+                time(btime)
+            }
+            None => SxTime::default(),
+        };
+        let stat = Statx {
+            mask,
+            blksize: attr.blksize,
+            nlink: attr.nlink,
+            uid: attr.uid,
+            gid: attr.gid,
+            mode: attr.mode as u16,
+            ino: attr.ino,
+            size: attr.size,
+            blocks: attr.blocks,
+            atime: time(times.atime),
+            btime,
+            ctime: time(times.ctime),
+            mtime: time(times.mtime),
+            ..Statx::default()
+        };
+        Reply::with(
+            unique,
+            &StatxOut {
+                attr_valid: ATTR_VALID_SECS,
+                attr_valid_nsec: 0,
+                flags: 0,
+                spare: [0; 2],
+                stat,
+            },
+        )
+    }
+
+    /// A GETATTR/SETATTR reply with the image's current attributes.
     pub(crate) fn attr_reply(&self, unique: u64) -> Reply {
         match self.attr() {
             Ok(attr) => Reply::with(

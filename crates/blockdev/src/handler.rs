@@ -20,7 +20,7 @@ use fuse_dev::{
 };
 use fuse_proto::abi::{FallocateIn, LseekOut, OpenOut, SetattrIn, WriteOut};
 use fuse_proto::flags::{FopenFlags, FsyncFlags, SetattrValid};
-use fuse_proto::reply::{Errno, Reply};
+use fuse_proto::reply::{DirentBuffer, Errno, Reply};
 use fuse_proto::{Opcode, Operation};
 
 use crate::export::{Export, Presentation, errno_of};
@@ -138,6 +138,11 @@ pub struct QueueHandler {
 /// What a request asks, copied out of its buffer so that the buffer can move.
 enum Op {
     Getattr,
+    Statx,
+    Lookup { found: bool },
+    Opendir,
+    Readdir { offset: u64, size: u32 },
+    Releasedir,
     Setattr(SetattrIn),
     Open { flags: u32 },
     Read { offset: u64, size: u32 },
@@ -623,42 +628,141 @@ fn write_reply(unique: u64, written: usize) -> Reply {
     )
 }
 
+impl QueueHandler {
+    /// What a parsed request asks for, copied out of the request buffer.
+    fn op_of(&self, op: Operation<'_>) -> Op {
+        match op {
+            Operation::Getattr(_) => Op::Getattr,
+            Operation::Statx(_) => Op::Statx,
+            Operation::Lookup { name } => Op::Lookup {
+                found: self.export.options().directory_entry.as_deref() == Some(name),
+            },
+            Operation::Opendir(_) => Op::Opendir,
+            Operation::Readdir(arg) => Op::Readdir {
+                offset: arg.offset,
+                size: arg.size,
+            },
+            Operation::Releasedir(_) => Op::Releasedir,
+            Operation::Setattr(arg) => Op::Setattr(arg),
+            Operation::Open(arg) => Op::Open { flags: arg.flags },
+            Operation::Read(arg) => Op::Read {
+                offset: arg.offset,
+                size: arg.size,
+            },
+            Operation::Write { arg, .. } => Op::Write { offset: arg.offset },
+            Operation::Statfs => Op::Statfs,
+            Operation::Release(_) | Operation::Destroy => Op::Release,
+            Operation::Flush(_) => Op::Sync { datasync: true },
+            Operation::Fsync(arg) => Op::Sync {
+                datasync: FsyncFlags(arg.fsync_flags).contains(FsyncFlags::FDATASYNC),
+            },
+            Operation::Fallocate(arg) => Op::Fallocate(arg),
+            Operation::Lseek(arg) => Op::Lseek {
+                offset: arg.offset,
+                whence: arg.whence,
+            },
+            Operation::Interrupt(_) => Op::Interrupt,
+            other if other.opcode().is_no_reply() => Op::Forget,
+            other => Op::Unsupported(other.opcode()),
+        }
+    }
+
+    /// Requests about the directory that holds the image (directory mode).
+    fn directory_request(&mut self, job: Job, op: Op, io: &mut QueueIo<'_, Pending>) {
+        let unique = job.unique();
+        let root = fuse_proto::ROOT_ID;
+        match op {
+            Op::Getattr => io.reply(job, self.export.getattr_reply(unique, root)),
+            Op::Statx => io.reply(job, self.export.statx_reply(unique, root)),
+            Op::Lookup { found: true } => io.reply(job, self.export.entry_reply(unique)),
+            Op::Lookup { found: false } => io.reply_error(job, Errno::ENOENT),
+            Op::Opendir => io.reply(
+                job,
+                Reply::with(
+                    unique,
+                    &OpenOut {
+                        fh: 0,
+                        open_flags: 0,
+                        backing_id: 0,
+                    },
+                ),
+            ),
+            Op::Readdir { offset, size } => self.readdir(job, offset, size, io),
+            Op::Releasedir | Op::Release => io.reply(job, Reply::empty(unique)),
+            Op::Statfs => io.reply(job, self.export.statfs_reply(unique)),
+            Op::Interrupt => io.reply_error(job, Errno::ENOSYS),
+            Op::Forget => io.finish(job),
+            // The directory's contents are fixed.
+            Op::Setattr(_) | Op::Fallocate(_) => io.reply_error(job, Errno::EPERM),
+            Op::Open { .. } | Op::Read { .. } | Op::Write { .. } | Op::Lseek { .. } => {
+                io.reply_error(job, Errno::new(libc::EISDIR).unwrap_or(Errno::EIO))
+            }
+            Op::Sync { .. } => io.reply(job, Reply::empty(unique)),
+            // The directory's contents are fixed: nothing is created,
+            // removed or renamed in it.
+            Op::Unsupported(
+                Opcode::CREATE
+                | Opcode::MKNOD
+                | Opcode::MKDIR
+                | Opcode::SYMLINK
+                | Opcode::LINK
+                | Opcode::UNLINK
+                | Opcode::RMDIR
+                | Opcode::RENAME
+                | Opcode::RENAME2
+                | Opcode::TMPFILE,
+            ) => io.reply_error(job, Errno::EPERM),
+            Op::Unsupported(opcode) => {
+                log::debug!("{opcode} on the directory not supported");
+                io.reply_error(job, Errno::ENOSYS);
+            }
+        }
+    }
+
+    /// READDIR of the directory: `.`, `..` and the image, resumable at any
+    /// offset (an entry's offset cookie is its index + 1).
+    fn readdir(&mut self, job: Job, offset: u64, size: u32, io: &mut QueueIo<'_, Pending>) {
+        let Some(name) = self.export.options().directory_entry.clone() else {
+            return io.reply_error(job, Errno::EIO);
+        };
+        let entries: [(u64, u32, &[u8]); 3] = [
+            (fuse_proto::ROOT_ID, libc::DT_DIR as u32, b"."),
+            (fuse_proto::ROOT_ID, libc::DT_DIR as u32, b".."),
+            (self.export.file_ino(), libc::DT_REG as u32, &name),
+        ];
+        let mut buf = match io.pool().take(self.export.bounce_len()) {
+            Ok(buf) => buf,
+            Err(err) => return io.reply_error(job, errno_of(&err)),
+        };
+        let limit = (size as usize).min(buf.len());
+        let mut records = DirentBuffer::new(&mut buf.as_mut_slice()[..limit]);
+        for (index, &(ino, kind, entry)) in entries.iter().enumerate().skip(offset as usize) {
+            if records.push(ino, index as u64 + 1, kind, entry).is_err() {
+                break;
+            }
+        }
+        let used = records.len();
+        io.reply_data(job, Chain::of(Segment::new(buf, 0, used)));
+    }
+}
+
 impl Handler for QueueHandler {
     type State = Pending;
 
     fn request(&mut self, job: Job, incoming: Incoming, io: &mut QueueIo<'_, Pending>) {
         let unique = job.unique();
-        let op = match incoming.request() {
-            Ok(request) => match request.op {
-                Operation::Getattr(_) => Op::Getattr,
-                Operation::Setattr(arg) => Op::Setattr(arg),
-                Operation::Open(arg) => Op::Open { flags: arg.flags },
-                Operation::Read(arg) => Op::Read {
-                    offset: arg.offset,
-                    size: arg.size,
-                },
-                Operation::Write { arg, .. } => Op::Write { offset: arg.offset },
-                Operation::Statfs => Op::Statfs,
-                Operation::Release(_) | Operation::Destroy => Op::Release,
-                Operation::Flush(_) => Op::Sync { datasync: true },
-                Operation::Fsync(arg) => Op::Sync {
-                    datasync: FsyncFlags(arg.fsync_flags).contains(FsyncFlags::FDATASYNC),
-                },
-                Operation::Fallocate(arg) => Op::Fallocate(arg),
-                Operation::Lseek(arg) => Op::Lseek {
-                    offset: arg.offset,
-                    whence: arg.whence,
-                },
-                Operation::Interrupt(_) => Op::Interrupt,
-                other if other.opcode().is_no_reply() => Op::Forget,
-                other => Op::Unsupported(other.opcode()),
-            },
+        let (nodeid, op) = match incoming.request() {
+            Ok(request) => (request.header.nodeid, self.op_of(request.op)),
             Err(err) => {
                 log::warn!("malformed request {unique}: {err}");
                 io.pool().give_chain(incoming.into_buffers());
                 return io.reply_error(job, Errno::EIO);
             }
         };
+        if self.export.is_directory(nodeid) {
+            io.pool().give_chain(incoming.into_buffers());
+            return self.directory_request(job, op, io);
+        }
         if let Op::Write { offset } = op {
             if self.image().is_read_only() {
                 io.pool().give_chain(incoming.into_buffers());
@@ -685,7 +789,12 @@ impl Handler for QueueHandler {
         }
         io.pool().give_chain(incoming.into_buffers());
         match op {
-            Op::Getattr => io.reply(job, self.export.attr_reply(unique)),
+            Op::Getattr => io.reply(job, self.export.getattr_reply(unique, nodeid)),
+            Op::Statx => io.reply(job, self.export.statx_reply(unique, nodeid)),
+            // The image is not a directory.
+            Op::Lookup { .. } | Op::Opendir | Op::Readdir { .. } | Op::Releasedir => {
+                io.reply_error(job, Errno::new(libc::ENOTDIR).unwrap_or(Errno::EIO))
+            }
             Op::Setattr(arg) => self.setattr(job, arg, io),
             Op::Open { flags } => self.open(job, flags, io),
             Op::Read { offset, size } => self.read(job, offset, size, io),

@@ -29,6 +29,19 @@ impl fmt::Display for CacheMode {
     }
 }
 
+/// An image's timestamps from `statx`.
+#[derive(Debug, Clone, Copy)]
+pub struct StatxTimes {
+    /// Last access.
+    pub atime: rustix::fs::StatxTimestamp,
+    /// Creation, where the filesystem records it.
+    pub btime: Option<rustix::fs::StatxTimestamp>,
+    /// Last status change.
+    pub ctime: rustix::fs::StatxTimestamp,
+    /// Last modification.
+    pub mtime: rustix::fs::StatxTimestamp,
+}
+
 /// Why an image could not be opened. Each names the path and the cause in
 /// one line, for the CLI.
 #[derive(Debug)]
@@ -270,6 +283,23 @@ impl Image {
     /// `fstat` of the image.
     pub fn stat(&self) -> io::Result<rustix::fs::Stat> {
         Ok(rustix::fs::fstat(&self.fd)?)
+    }
+
+    /// The image's timestamps, with the birth time where the filesystem has one.
+    pub fn statx_times(&self) -> io::Result<StatxTimes> {
+        let stat = rustix::fs::statx(
+            &self.fd,
+            "",
+            AtFlags::EMPTY_PATH,
+            StatxFlags::BASIC_STATS | StatxFlags::BTIME,
+        )?;
+        let has_btime = StatxFlags::from_bits_retain(stat.stx_mask).contains(StatxFlags::BTIME);
+        Ok(StatxTimes {
+            atime: stat.stx_atime,
+            btime: has_btime.then_some(stat.stx_btime),
+            ctime: stat.stx_ctime,
+            mtime: stat.stx_mtime,
+        })
     }
 
     /// `fstatvfs` of the filesystem holding the image.

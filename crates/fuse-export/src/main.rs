@@ -4,6 +4,7 @@
 //! `blockdev` (the image) to `fuse-dev` (the kernel side).
 
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -172,14 +173,20 @@ impl Drop for CreatedMountpoint {
     }
 }
 
+/// What kind of mountpoint the export sits on.
+enum Mountpoint {
+    /// A regular file: the mount root is the image. A file this process
+    /// created is removed when this value drops.
+    File { _created: Option<CreatedMountpoint> },
+    /// A directory: the image appears in it under its own file name.
+    Directory,
+}
+
 /// Checks the mountpoint; creates it if missing.
-fn prepare_mountpoint(path: &Path) -> Result<Option<CreatedMountpoint>, Failure> {
+fn prepare_mountpoint(path: &Path) -> Result<Mountpoint, Failure> {
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(None),
-        Ok(meta) if meta.is_dir() => Err(Failure::usage(format!(
-            "mountpoint {}: is a directory; give a file path (directory mountpoints are not supported yet)",
-            path.display()
-        ))),
+        Ok(meta) if meta.is_file() => Ok(Mountpoint::File { _created: None }),
+        Ok(meta) if meta.is_dir() => Ok(Mountpoint::Directory),
         Ok(_) => Err(Failure::usage(format!(
             "mountpoint {}: is not a regular file",
             path.display()
@@ -206,7 +213,9 @@ fn prepare_mountpoint(path: &Path) -> Result<Option<CreatedMountpoint>, Failure>
                         path.display()
                     ))
                 })?;
-            Ok(Some(CreatedMountpoint(path.to_path_buf())))
+            Ok(Mountpoint::File {
+                _created: Some(CreatedMountpoint(path.to_path_buf())),
+            })
         }
         Err(err) => Err(Failure::usage(format!(
             "mountpoint {}: {err}",
@@ -226,7 +235,16 @@ fn run(args: Args) -> Result<(), Failure> {
         SpillLayout::new(args.max_write, bounds)
             .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?;
     }
-    let created = prepare_mountpoint(&args.mountpoint)?;
+    let mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    let directory_entry = match &mountpoint {
+        Mountpoint::File { .. } => None,
+        Mountpoint::Directory => {
+            let name = args.image.file_name().ok_or_else(|| {
+                Failure::usage(format!("image {}: has no file name", args.image.display()))
+            })?;
+            Some(name.as_encoded_bytes().to_vec())
+        }
+    };
 
     // Signals first, so that a Ctrl-C during start-up still ends cleanly.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -260,7 +278,7 @@ fn run(args: Args) -> Result<(), Failure> {
         read_only: args.read_only,
         allow_other: args.allow_other,
         force_fusermount: args.fusermount,
-        root_is_dir: false,
+        root_is_dir: directory_entry.is_some(),
         max_read: max_write as u32,
     };
     let init = InitRequest {
@@ -270,7 +288,7 @@ fn run(args: Args) -> Result<(), Failure> {
         max_pages_limit,
         passthrough: args.transport == Transport::Passthrough,
     };
-    let session = Session::mount(&mount_options, &init)
+    let mut session = Session::mount(&mount_options, &init)
         .map_err(|err| Failure::usage(format!("mounting {}: {err}", args.mountpoint.display())))?;
     let negotiated = *session.negotiated();
     let max_write = negotiated.max_write as usize;
@@ -296,10 +314,16 @@ fn run(args: Args) -> Result<(), Failure> {
             }
         },
     };
+    if let Some(name) = &directory_entry {
+        // The kernel learns the size from a stat of the file, not the directory.
+        let name = std::ffi::OsStr::from_bytes(name);
+        session.set_stat_path(args.mountpoint.join(name));
+    }
     let options = ExportOptions {
         growable: args.growable,
         allow_other: args.allow_other,
         passthrough,
+        directory_entry,
     };
     let export = Export::new(image, max_write, options);
     let backing = vec![export.image().raw_fd()];
@@ -348,7 +372,7 @@ fn run(args: Args) -> Result<(), Failure> {
     signal_handle.close();
     let _ = signal_thread.join();
     let synced = export.image().sync();
-    drop(created);
+    drop(mountpoint);
     let reports = result.map_err(|err| Failure::runtime(format!("serving failed: {err}")))?;
     for report in &reports {
         log::debug!("{report:?}");
