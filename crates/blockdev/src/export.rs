@@ -280,18 +280,7 @@ impl Export {
 
     /// A GETATTR/SETATTR reply with the image's current attributes.
     pub(crate) fn attr_reply(&self, unique: u64) -> Reply {
-        match self.attr() {
-            Ok(attr) => Reply::with(
-                unique,
-                &AttrOut {
-                    attr_valid: ATTR_VALID_SECS,
-                    attr_valid_nsec: 0,
-                    dummy: 0,
-                    attr,
-                },
-            ),
-            Err(err) => Reply::error(unique, errno_of(&err)),
-        }
+        self.getattr_reply(unique, self.file_ino())
     }
 
     /// A STATFS reply describing the filesystem that holds the image.
