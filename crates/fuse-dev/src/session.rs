@@ -149,14 +149,20 @@ impl Session {
             let thread = std::thread::Builder::new()
                 .name(format!("fuse-queue-{index}"))
                 .spawn(move || {
+                    // Reports the end even if the queue panics, so that the
+                    // main thread never waits for a queue that is gone.
+                    let mut notice = EndNotice {
+                        index,
+                        ended: ended_tx,
+                        stopper,
+                        failed: true,
+                    };
                     let mut handler = factory(context);
                     let result = run_queue(setup, &mut handler);
-                    if let Err(err) = &result {
-                        log::error!("queue {index} failed: {err}");
-                        // One queue failing ends the export: stop the others too.
-                        stopper.stop();
+                    match &result {
+                        Ok(_) => notice.failed = false,
+                        Err(err) => log::error!("queue {index} failed: {err}"),
                     }
-                    let _ = ended_tx.send(index);
                     result
                 })?;
             threads.push(thread);
@@ -248,6 +254,25 @@ fn clone_device(device: &OwnedFd) -> io::Result<OwnedFd> {
     }
     .map_err(|err| io::Error::new(err.kind(), format!("FUSE_DEV_IOC_CLONE: {err}")))?;
     Ok(clone)
+}
+
+/// Sent when a queue thread ends, however it ends. A queue that failed (or
+/// panicked) stops the others too: the export cannot serve with a queue
+/// missing, since the kernel hands requests to every clone.
+struct EndNotice {
+    index: usize,
+    ended: Sender<usize>,
+    stopper: Stopper,
+    failed: bool,
+}
+
+impl Drop for EndNotice {
+    fn drop(&mut self) {
+        if self.failed {
+            self.stopper.stop();
+        }
+        let _ = self.ended.send(self.index);
+    }
 }
 
 /// Asks every queue to stop: no new reads, finish what is in flight.
