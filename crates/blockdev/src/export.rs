@@ -25,6 +25,23 @@ const FILE_IN_DIRECTORY_INO: u64 = 2;
 const STATX_BASIC_STATS: u32 = 0x7ff;
 const STATX_BTIME: u32 = 0x800;
 
+/// How opens with O_DIRECT are answered. The kernel handles a large O_DIRECT
+/// request differently depending on the open's `FOPEN_DIRECT_IO` flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DirectOpens {
+    /// `FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES`, like every other
+    /// open: writers on the file run concurrently, but the kernel sends the
+    /// `max_write`-sized pieces of one large request one after the other.
+    #[default]
+    ParallelWriters,
+    /// No `FOPEN_DIRECT_IO` for O_DIRECT opens: the kernel's O_DIRECT path
+    /// sends the pieces of one large request in parallel (a 2 MiB
+    /// `qemu-img convert -t none` write becomes two concurrent 1 MiB
+    /// WRITEs), but synchronous writers on the file take turns (AIO and
+    /// io_uring clients still overlap).
+    ParallelChunks,
+}
+
 /// Export behaviour chosen on the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOptions {
@@ -38,6 +55,8 @@ pub struct ExportOptions {
     /// The mountpoint is a directory holding the image under this name
     /// (otherwise the mount root is the image itself).
     pub directory_entry: Option<Vec<u8>>,
+    /// How opens with O_DIRECT are answered.
+    pub direct_opens: DirectOpens,
 }
 
 /// The owner and permission bits the file shows. They live only in the

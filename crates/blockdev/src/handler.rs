@@ -23,7 +23,7 @@ use fuse_proto::flags::{FopenFlags, FsyncFlags, SetattrValid};
 use fuse_proto::reply::{DirentBuffer, Errno, Reply};
 use fuse_proto::{Opcode, Operation};
 
-use crate::export::{Export, Presentation, errno_of};
+use crate::export::{DirectOpens, Export, Presentation, errno_of};
 use crate::image::Image;
 use crate::range_lock::LockId;
 
@@ -55,8 +55,11 @@ pub struct WriteJob {
 enum AfterResize {
     /// SETATTR: apply the new owner/mode (if any), reply attributes.
     Setattr(Option<Presentation>),
-    /// OPEN with O_TRUNC on a growable export.
-    Open,
+    /// OPEN with O_TRUNC on a growable export (with the open's flags).
+    Open {
+        /// The `open(2)` flags.
+        flags: u32,
+    },
 }
 
 /// What a queue parks until a range lock is free.
@@ -438,7 +441,7 @@ impl QueueHandler {
                 }
                 io.reply(job, self.export.attr_reply(unique));
             }
-            AfterResize::Open => io.reply(job, self.open_reply(unique)),
+            AfterResize::Open { flags } => io.reply(job, self.open_reply(unique, flags)),
         }
     }
 
@@ -593,18 +596,28 @@ impl QueueHandler {
         // ignored: `dd of=export` without conv=notrunc must not wipe the
         // image. A growable export behaves like a file.
         if flags & libc::O_TRUNC as u32 != 0 && writes && self.export.options().growable {
-            return self.resize(job, 0, AfterResize::Open, io);
+            return self.resize(job, 0, AfterResize::Open { flags }, io);
         }
-        io.reply(job, self.open_reply(unique));
+        io.reply(job, self.open_reply(unique, flags));
     }
 
-    fn open_reply(&self, unique: u64) -> Reply {
-        let open = match self.export.options().passthrough {
+    fn open_reply(&self, unique: u64, flags: u32) -> Reply {
+        let options = self.export.options();
+        let o_direct = flags & libc::O_DIRECT as u32 != 0;
+        let open = match options.passthrough {
             // The kernel serves READ and WRITE on the image itself.
             Some(backing_id) => OpenOut {
                 fh: 0,
                 open_flags: FopenFlags::PASSTHROUGH.bits(),
                 backing_id,
+            },
+            // The kernel's O_DIRECT path for a cached file: the pieces of a
+            // large request go out in parallel; the client asked for O_DIRECT,
+            // so the export's page cache stays out of the way anyway.
+            None if o_direct && options.direct_opens == DirectOpens::ParallelChunks => OpenOut {
+                fh: 0,
+                open_flags: 0,
+                backing_id: 0,
             },
             // DIRECT_IO: the page cache of the export would only duplicate
             // the image's; PARALLEL_DIRECT_WRITES: writers run concurrently.

@@ -11,6 +11,6 @@ mod handler;
 mod image;
 pub mod range_lock;
 
-pub use export::{Export, ExportOptions, Presentation};
+pub use export::{DirectOpens, Export, ExportOptions, Presentation};
 pub use handler::{Pending, QueueHandler, WriteJob};
 pub use image::{CacheMode, Image, OpenError};

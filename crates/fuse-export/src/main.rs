@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use blockdev::{CacheMode, Export, ExportOptions, Image};
+use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image};
 use clap::{Parser, ValueEnum};
 use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
 
@@ -46,6 +46,14 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Transport::Readv)]
     transport: Transport,
 
+    /// How opens with O_DIRECT are served: `parallel-writers` (writers on
+    /// the file run concurrently; the kernel sends the max_write pieces of a
+    /// larger request one after the other) or `parallel-chunks` (the pieces
+    /// of a large request go out together, which speeds up `qemu-img convert
+    /// -t none`; synchronous writers take turns, AIO/io_uring still overlap).
+    #[arg(long, value_enum, default_value_t = DirectOpensArg::ParallelWriters)]
+    o_direct_opens: DirectOpensArg,
+
     /// Host page cache use: `none` (O_DIRECT) or `writeback` (buffered).
     #[arg(long, value_enum, default_value_t = Cache::None)]
     cache: Cache,
@@ -80,6 +88,14 @@ enum Transport {
     Readv,
     /// FUSE_PASSTHROUGH: the kernel does READ/WRITE on the image.
     Passthrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DirectOpensArg {
+    /// FOPEN_DIRECT_IO with parallel direct writes.
+    ParallelWriters,
+    /// The kernel's O_DIRECT path: a large request's pieces in parallel.
+    ParallelChunks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -324,6 +340,10 @@ fn run(args: Args) -> Result<(), Failure> {
         allow_other: args.allow_other,
         passthrough,
         directory_entry,
+        direct_opens: match args.o_direct_opens {
+            DirectOpensArg::ParallelWriters => DirectOpens::ParallelWriters,
+            DirectOpensArg::ParallelChunks => DirectOpens::ParallelChunks,
+        },
     };
     let export = Export::new(image, max_write, options);
     let backing = vec![export.image().raw_fd()];
