@@ -19,7 +19,7 @@ fn frame(name: &str) -> Vec<u8> {
         .filter(|line| !line.trim_start().starts_with('#'))
         .flat_map(|line| line.chars().filter(|c| !c.is_whitespace()))
         .collect();
-    assert!(hex.len() % 2 == 0, "{name}: odd number of hex digits");
+    assert!(hex.len().is_multiple_of(2), "{name}: odd number of hex digits");
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))
@@ -94,7 +94,7 @@ fn captured_interrupt_targets_an_even_unique() {
     let Operation::Interrupt(interrupt) = request.op else {
         panic!("not INTERRUPT")
     };
-    assert_eq!(interrupt.unique % 2, 0);
+    assert!(interrupt.unique.is_multiple_of(2));
     assert_eq!(request.header.unique, interrupt.unique | 1);
     assert_eq!(bytes.len(), 48);
 }
