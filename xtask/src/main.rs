@@ -3,7 +3,9 @@
 //! - `run`: build the server in release mode and run it in the foreground,
 //!   with a sparse demo image when no image is given.
 //! - `tidy`: check the repository's own code rules.
+//! - `lab`: the performance lab (docs/performance.md).
 
+mod lab;
 mod tidy;
 
 use std::ffi::OsString;
@@ -35,6 +37,8 @@ enum Task {
     Run(RunArgs),
     /// Check the repository's code rules and list every violation.
     Tidy,
+    /// Run the performance lab (docs/performance.md); try `--quick --dry-run`.
+    Lab(lab::LabArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Run(args) => run(args),
         Task::Tidy => tidy::run(&workspace_root()),
+        Task::Lab(args) => lab::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,10 @@ fn frame(name: &str) -> Vec<u8> {
         .filter(|line| !line.trim_start().starts_with('#'))
         .flat_map(|line| line.chars().filter(|c| !c.is_whitespace()))
         .collect();
-    assert!(hex.len().is_multiple_of(2), "{name}: odd number of hex digits");
+    assert!(
+        hex.len().is_multiple_of(2),
+        "{name}: odd number of hex digits"
+    );
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex digit"))

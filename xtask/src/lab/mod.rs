@@ -1,0 +1,552 @@
+//! `cargo xtask lab`: the performance lab, where every performance claim
+//! comes from (docs/performance.md describes it for users).
+//!
+//! Each case runs a client workload (qemu-img convert, dd, fio) on a target
+//! (the plain image file, fuse-export with some options, or
+//! qemu-storage-daemon's FUSE export) and is reported as a ratio to the
+//! plain file measured in the same repetition: these machines are noisy, so
+//! targets are interleaved, repeated, and summarised by median and spread.
+//!
+//! - [`plan`]: what runs (pure data; `--dry-run` prints it)
+//! - [`runner`]: runs it, one fresh server per run, with progress lines
+//! - [`target`], [`workload`], [`host`]: servers, clients, the machine
+//! - [`results`], [`report`], [`svg`], [`stats`], [`json`]: numbers to files
+
+mod host;
+mod json;
+pub mod plan;
+mod report;
+mod results;
+mod runner;
+mod stats;
+mod svg;
+mod target;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use clap::Args;
+
+use plan::{Duration, GIB, MIB, Mode, Plan, ServerCapabilities, Settings};
+use results::{LabResults, RunContext};
+use runner::{Runner, Workspace};
+use workload::ClientFiles;
+
+/// Options of `cargo xtask lab`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LabArgs {
+    /// Small images, short runs, one repetition, two knobs: a few minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the plan (every case id and the estimated time) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run only cases whose id (`group/workload/target`, see --dry-run)
+    /// contains PATTERN, case-insensitive; repeatable. The plain baseline of
+    /// a selected case always runs.
+    #[arg(long, value_name = "PATTERN")]
+    pub only: Vec<String>,
+    /// Repetitions per case [default: 3, or 1 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repetitions: Option<u32>,
+    /// Seconds per fio run [default: 6, or 2 with --quick].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub fio_runtime: Option<u32>,
+    /// Use this fuse-export binary instead of building target/release/fuse-export.
+    #[arg(long, value_name = "PATH")]
+    pub server: Option<PathBuf>,
+    /// Use this `--features alloc-count` build instead of building one.
+    #[arg(long, value_name = "PATH")]
+    pub alloc_server: Option<PathBuf>,
+}
+
+impl LabArgs {
+    fn settings(&self) -> Settings {
+        let mut settings = Settings::for_mode(if self.quick { Mode::Quick } else { Mode::Full });
+        if let Some(repetitions) = self.repetitions {
+            settings.repetitions = repetitions;
+        }
+        if let Some(secs) = self.fio_runtime {
+            settings.fio_runtime_secs = secs;
+        }
+        settings
+    }
+}
+
+/// The plan these arguments select, for a server with `capabilities`.
+pub fn plan_for(args: &LabArgs, capabilities: &ServerCapabilities) -> Plan {
+    let mut plan = Plan::build(&args.settings(), capabilities);
+    plan.filter(&args.only);
+    plan
+}
+
+/// Entry point of `cargo xtask lab`.
+pub fn run(args: LabArgs) -> Result<(), String> {
+    let root = crate::workspace_root();
+    let target_dir = crate::target_dir(&root);
+    let default_server = target_dir.join("release").join("fuse-export");
+    let server_path = args.server.clone().unwrap_or(default_server);
+
+    if args.dry_run {
+        // Without a built server every knob is assumed available.
+        let capabilities = server_capabilities(&server_path).unwrap_or_default();
+        let plan = plan_for(&args, &capabilities);
+        print!("{}", plan.describe());
+        if capabilities.words.is_none() {
+            println!(
+                "({} is not built; assuming it has every knob's option)",
+                server_path.display()
+            );
+        }
+        return Ok(());
+    }
+
+    if !host::is_root() {
+        return Err(
+            "the lab must run as root (it mounts exports and drops the page cache); \
+                    `cargo xtask lab --dry-run` shows the plan without it"
+                .into(),
+        );
+    }
+    host::install_interrupt_handler();
+    let started = Instant::now();
+    let start_time = host::UtcTime::now();
+
+    let lab_dir = target_dir.join("lab");
+    let scratch = lab_dir.join("scratch");
+    fs::create_dir_all(&scratch)
+        .map_err(|err| format!("cannot create {}: {err}", scratch.display()))?;
+    // One lab at a time: two would share the image and the mountpoint.
+    let lock_path = scratch.join("lock");
+    let lock = File::create(&lock_path)
+        .map_err(|err| format!("cannot create {}: {err}", lock_path.display()))?;
+    lock.try_lock()
+        .map_err(|_| format!("another lab is running ({} is locked)", lock_path.display()))?;
+    clean_stale_mounts(&scratch);
+
+    let server = match &args.server {
+        Some(path) if path.is_file() => Ok(path.clone()),
+        Some(path) => Err(format!("--server {}: no such file", path.display())),
+        None => build_server(&root, None, &[]).map(|()| server_path.clone()),
+    };
+    let capabilities = match &server {
+        Ok(path) => server_capabilities(path)?,
+        Err(_) => ServerCapabilities::default(),
+    };
+    let plan = plan_for(&args, &capabilities);
+    if plan.run_count() == 0 {
+        return Err(format!(
+            "no case matches --only {}",
+            args.only.join(" --only ")
+        ));
+    }
+    let alloc_server = if plan.alloc_probes.is_empty() {
+        Err("no allocation probe selected".to_string())
+    } else {
+        match &args.alloc_server {
+            Some(path) if path.is_file() => Ok(path.clone()),
+            Some(path) => Err(format!("--alloc-server {}: no such file", path.display())),
+            None => {
+                let dir = lab_dir.join("alloc-count-build");
+                build_server(&root, Some(&dir), &["alloc-count"])
+                    .map(|()| dir.join("release").join("fuse-export"))
+            }
+        }
+    };
+
+    let out_dir = unique_dir(&lab_dir.join(start_time.dir_name()))?;
+    let logs = out_dir.join("logs");
+    fs::create_dir_all(&logs).map_err(|err| format!("cannot create {}: {err}", logs.display()))?;
+
+    let settings = &plan.settings;
+    let image = scratch.join("image.raw");
+    check_image_filesystem(&scratch)?;
+    println!(
+        "lab: preparing {} image {}",
+        plan::size_long(settings.image_size),
+        image.display()
+    );
+    prepare_image(&image, settings.image_size)?;
+    let (source, source_note) = convert_source_path(&scratch, settings.convert_size);
+    let needs_source = plan
+        .groups
+        .iter()
+        .any(|g| matches!(g.workload, plan::Workload::Convert { .. }));
+    let _source_guard = if needs_source {
+        println!(
+            "lab: writing {} random convert source {}",
+            plan::size_long(settings.convert_size),
+            source.display()
+        );
+        write_random_file(&source, settings.convert_size, 0x5eed_0fc0_47e7)?;
+        Some(RemoveOnDrop(source.clone()))
+    } else {
+        None
+    };
+
+    let mut missing = BTreeMap::new();
+    for (program, hint) in [
+        ("fio", "fio is not installed (run `make setup`)"),
+        ("qemu-img", "qemu-img is not installed (package qemu-utils)"),
+        (
+            "qemu-storage-daemon",
+            "qemu-storage-daemon is not installed (package qemu-utils)",
+        ),
+        ("dd", "dd is not installed"),
+    ] {
+        if host::which(program).is_none() {
+            missing.insert(program, hint.to_string());
+        }
+    }
+    let fuse_device = if Path::new("/dev/fuse").exists() {
+        Ok(())
+    } else {
+        Err("/dev/fuse is missing".to_string())
+    };
+    let workspace = Workspace {
+        image: image.clone(),
+        image_size: settings.image_size,
+        mountpoint: scratch.join("export.img"),
+        logs,
+        client: ClientFiles {
+            source: source.clone(),
+            fio_report: PathBuf::new(),
+            log: PathBuf::new(),
+        },
+        server,
+        alloc_server,
+        missing,
+        fuse_device,
+    };
+
+    let mut notes = vec![source_note];
+    if let Err(err) = &workspace.server {
+        notes.push(format!("fuse-export unavailable: {err}"));
+    }
+    if let (false, Err(err)) = (plan.alloc_probes.is_empty(), &workspace.alloc_server) {
+        notes.push(format!("allocation probes unavailable: {err}"));
+    }
+    for reason in workspace.missing.values() {
+        notes.push(reason.clone());
+    }
+    for note in &notes {
+        println!("lab: {note}");
+    }
+    println!(
+        "lab: {} runs, estimated {}; results in {}",
+        plan.run_count(),
+        Duration(plan.estimate_secs()),
+        out_dir.display()
+    );
+
+    let mut runner = Runner::new(&plan, &workspace);
+    let records = runner.run_groups();
+    let allocs = runner.run_alloc_probes();
+    let interrupted = host::interrupted();
+
+    let results = LabResults {
+        plan: plan.clone(),
+        records,
+        allocs,
+        context: RunContext {
+            started: start_time.human(),
+            host: describe_host(),
+            versions: versions(&root, &workspace),
+            notes,
+            interrupted,
+            elapsed_secs: started.elapsed().as_secs_f64(),
+        },
+    };
+    let written = report::write_all(&results, &out_dir)?;
+    let latest = lab_dir.join("latest");
+    let _ = fs::remove_file(&latest);
+    let _ = std::os::unix::fs::symlink(&out_dir, &latest);
+    println!("lab: done in {}", Duration(started.elapsed().as_secs_f64()));
+    for path in written {
+        println!("  {}", path.display());
+    }
+    if interrupted {
+        return Err("interrupted; partial results written".into());
+    }
+    Ok(())
+}
+
+/// Removes a file when dropped (the convert source lives in /dev/shm).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Runs `fuse-export --help` and collects its options.
+fn server_capabilities(server: &Path) -> Result<ServerCapabilities, String> {
+    let output = Command::new(server)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("cannot run {} --help: {err}", server.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} --help failed ({})",
+            server.display(),
+            output.status
+        ));
+    }
+    Ok(ServerCapabilities::from_help(&String::from_utf8_lossy(
+        &output.stdout,
+    )))
+}
+
+/// `cargo build --release -p fuse-export`, into `target_dir` when given (the
+/// alloc-count build must not replace the binary the lab times).
+fn build_server(root: &Path, target_dir: Option<&Path>, features: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "fuse-export",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"));
+    if let Some(dir) = target_dir {
+        command.arg("--target-dir").arg(dir);
+    }
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    println!(
+        "lab: building fuse-export{}",
+        if features.is_empty() {
+            String::new()
+        } else {
+            format!(" --features {}", features.join(","))
+        }
+    );
+    let status = command
+        .status()
+        .map_err(|err| format!("cannot run cargo: {err}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cargo build --release -p fuse-export{} failed ({status})",
+            if features.is_empty() {
+                String::new()
+            } else {
+                format!(" --features {}", features.join(","))
+            }
+        ))
+    }
+}
+
+/// A lab killed hard may leave its export mounted; nothing else mounts there.
+fn clean_stale_mounts(scratch: &Path) {
+    for entry in host::mounts() {
+        if entry.mountpoint.starts_with(scratch) {
+            match host::lazy_unmount(&entry.mountpoint) {
+                Ok(()) => println!(
+                    "lab: detached a stale mount at {}",
+                    entry.mountpoint.display()
+                ),
+                Err(err) => eprintln!("lab: {err}"),
+            }
+        }
+    }
+    let _ = fs::remove_file(scratch.join("export.img"));
+}
+
+/// `dir`, or `dir-2`, `dir-3`, ... if it exists; created.
+fn unique_dir(dir: &Path) -> Result<PathBuf, String> {
+    let mut candidate = dir.to_path_buf();
+    let mut suffix = 2;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{}-{suffix}", dir.display()));
+        suffix += 1;
+    }
+    fs::create_dir_all(&candidate)
+        .map_err(|err| format!("cannot create {}: {err}", candidate.display()))?;
+    Ok(candidate)
+}
+
+/// O_DIRECT numbers from tmpfs would be meaningless (and the export falls
+/// back to buffered I/O there).
+fn check_image_filesystem(dir: &Path) -> Result<(), String> {
+    let fstype = host::filesystem_type(dir).unwrap_or_default();
+    if fstype == "tmpfs" || fstype == "ramfs" {
+        return Err(format!(
+            "{} is on {fstype}; the lab's image must live on a disk filesystem \
+             (set CARGO_TARGET_DIR to one)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The image, fully written with data: random writes to unwritten extents
+/// or holes would measure the filesystem's allocator, not the export.
+/// An existing image of the right size with every block allocated is kept.
+fn prepare_image(image: &Path, size: u64) -> Result<(), String> {
+    if let Ok(meta) = fs::metadata(image)
+        && meta.len() == size
+        && meta.blocks() * 512 >= size
+    {
+        return Ok(());
+    }
+    write_random_file(image, size, 0x1a6e_5eed)
+}
+
+/// Writes `size` bytes of pseudo-random data (xorshift64*, cheap and
+/// incompressible enough that no layer can shortcut it) and syncs them.
+fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(), String> {
+    let mut file =
+        File::create(path).map_err(|err| format!("cannot create {}: {err}", path.display()))?;
+    let mut state = seed | 1;
+    let mut chunk = vec![0u8; MIB as usize];
+    let mut written = 0;
+    while written < size {
+        for word in chunk.chunks_exact_mut(8) {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            word.copy_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
+        let len = (size - written).min(MIB) as usize;
+        file.write_all(&chunk[..len])
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        written += len as u64;
+    }
+    file.sync_all()
+        .map_err(|err| format!("cannot sync {}: {err}", path.display()))
+}
+
+/// Where the convert source goes: /dev/shm when it fits, so the source side
+/// costs the same for every target and no disk reads add noise.
+fn convert_source_path(scratch: &Path, size: u64) -> (PathBuf, String) {
+    let shm = Path::new("/dev/shm");
+    let fits = host::filesystem_type(shm).as_deref() == Some("tmpfs")
+        && host::available_bytes(shm).is_some_and(|free| free >= size + GIB);
+    if fits {
+        (
+            shm.join("fuse-export-lab-source.raw"),
+            "convert source in /dev/shm (tmpfs), so only the target side differs".into(),
+        )
+    } else {
+        (
+            scratch.join("source.raw"),
+            "convert source on disk (/dev/shm too small); it is read through the page cache".into(),
+        )
+    }
+}
+
+fn describe_host() -> String {
+    let info = host::HostInfo::read();
+    format!(
+        "Linux {}, {} × {}, {:.0} GiB RAM",
+        info.kernel, info.cpus, info.cpu_model, info.memory_gib
+    )
+}
+
+fn versions(root: &Path, workspace: &Workspace) -> Vec<(String, String)> {
+    let mut versions = Vec::new();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) {
+        let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|status| !status.is_empty());
+        let binary = workspace
+            .server
+            .as_ref()
+            .map_or_else(|err| err.clone(), |path| path.display().to_string());
+        versions.push((
+            "fuse-export".into(),
+            format!(
+                "{commit}{} ({binary})",
+                if dirty { " + uncommitted changes" } else { "" }
+            ),
+        ));
+    }
+    for (name, program, args) in [
+        ("fio", "fio", &["--version"][..]),
+        (
+            "qemu-storage-daemon",
+            "qemu-storage-daemon",
+            &["--version"][..],
+        ),
+    ] {
+        if let Some(version) = host::first_line_of(program, args) {
+            versions.push((name.into(), version));
+        }
+    }
+    versions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_dry_run_plan_builds_and_lists_cases() {
+        let args = LabArgs {
+            quick: true,
+            dry_run: true,
+            ..LabArgs::default()
+        };
+        let plan = plan_for(&args, &ServerCapabilities::default());
+        assert_eq!(plan.settings.mode, Mode::Quick);
+        assert!(plan.run_count() > 10);
+        let listing = plan.describe();
+        assert!(
+            listing.contains("matrix/convert-direct/fuse-export"),
+            "{listing}"
+        );
+        assert!(listing.contains("alloc/"), "{listing}");
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let args = LabArgs {
+            repetitions: Some(5),
+            fio_runtime: Some(9),
+            only: vec!["randwrite".into()],
+            ..LabArgs::default()
+        };
+        let plan = plan_for(&args, &ServerCapabilities::default());
+        assert_eq!(plan.settings.repetitions, 5);
+        assert_eq!(plan.settings.fio_runtime_secs, 9);
+        assert!(
+            plan.groups
+                .iter()
+                .all(|g| g.workload.id().contains("randwrite"))
+        );
+    }
+
+    #[test]
+    fn random_file_has_the_size_and_no_zero_pages() {
+        let path = std::env::temp_dir().join(format!("lab-random-{}", std::process::id()));
+        write_random_file(&path, 3 * MIB / 2, 7).unwrap();
+        let data = fs::read(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        assert_eq!(data.len() as u64, 3 * MIB / 2);
+        assert!(data.chunks(4096).all(|page| page.iter().any(|&b| b != 0)));
+    }
+}

@@ -1,0 +1,284 @@
+//! Export servers under test: start, wait until mounted, measure, stop.
+//!
+//! A [`ServerProcess`] is a guard: dropping it (on an error, a panic or an
+//! early return) stops the server by PID and makes sure nothing stays
+//! mounted, with `umount -l` as the last resort.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::host;
+
+/// How long a server may take to mount and show the image size.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a server may take to finish its requests and exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A running export server.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    child: Option<Child>,
+    pid: u32,
+    mountpoint: PathBuf,
+    /// The lab created the mountpoint file (qemu-storage-daemon needs an
+    /// existing one) and removes it after the server is gone.
+    owns_mountpoint: bool,
+    log_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Spawns `command` (stdout and stderr to `log_path`) and waits until
+    /// `mountpoint` is mounted and shows `image_size` bytes.
+    pub fn start(
+        name: &str,
+        mut command: Command,
+        mountpoint: &Path,
+        image_size: u64,
+        log_path: &Path,
+        owns_mountpoint: bool,
+    ) -> Result<ServerProcess, String> {
+        if owns_mountpoint {
+            File::create(mountpoint)
+                .map_err(|err| format!("cannot create {}: {err}", mountpoint.display()))?;
+        }
+        let log = File::create(log_path)
+            .map_err(|err| format!("cannot create {}: {err}", log_path.display()))?;
+        let log_for_stdout = log
+            .try_clone()
+            .map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_for_stdout))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|err| format!("cannot start {name}: {err}"))?;
+        let mut server = ServerProcess {
+            name: name.to_string(),
+            pid: child.id(),
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+            owns_mountpoint,
+            log_path: log_path.to_path_buf(),
+        };
+        server.wait_ready(image_size)?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn wait_ready(&mut self, image_size: u64) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "{} exited during start-up ({status}): {}",
+                    self.name,
+                    last_lines(&self.log_path, 3)
+                ));
+            }
+            // stat makes the kernel ask the server (GETATTR); a size of 0
+            // means the export is not serving yet.
+            if host::is_mounted(&self.mountpoint)
+                && fs::metadata(&self.mountpoint).is_ok_and(|meta| meta.len() == image_size)
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not mount {} with size {image_size} within {} s: {}",
+                    self.name,
+                    self.mountpoint.display(),
+                    READY_TIMEOUT.as_secs(),
+                    last_lines(&self.log_path, 3)
+                ));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// SIGTERM, wait for a clean exit, check nothing stays mounted; returns
+    /// the server's log.
+    pub fn stop(mut self) -> Result<String, String> {
+        let result = self.shutdown();
+        let log = fs::read_to_string(&self.log_path).unwrap_or_default();
+        result.map(|()| log)
+    }
+
+    fn shutdown(&mut self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if let Some(mut child) = self.child.take() {
+            match child.try_wait() {
+                Ok(Some(status)) => problems.push(format!(
+                    "{} had already exited ({status}): {}",
+                    self.name,
+                    last_lines(&self.log_path, 2)
+                )),
+                _ => {
+                    if let Err(err) = host::send_signal(self.pid, libc::SIGTERM) {
+                        problems.push(err);
+                    }
+                    let deadline = Instant::now() + STOP_TIMEOUT;
+                    let status = loop {
+                        match child.try_wait() {
+                            Ok(Some(status)) => break Some(status),
+                            Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
+                            _ => break None,
+                        }
+                    };
+                    match status {
+                        Some(status) if status.success() => {}
+                        Some(status) => problems.push(format!(
+                            "{} exited with {status} after SIGTERM: {}",
+                            self.name,
+                            last_lines(&self.log_path, 2)
+                        )),
+                        None => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            problems.push(format!(
+                                "{} did not exit within {} s of SIGTERM; killed",
+                                self.name,
+                                STOP_TIMEOUT.as_secs()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if host::is_mounted(&self.mountpoint) {
+            match host::lazy_unmount(&self.mountpoint) {
+                Ok(()) => problems.push(format!(
+                    "{} left {} mounted; detached it with umount -l",
+                    self.name,
+                    self.mountpoint.display()
+                )),
+                Err(err) => problems.push(err),
+            }
+        }
+        if self.owns_mountpoint {
+            match fs::remove_file(&self.mountpoint) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => problems.push(format!(
+                    "cannot remove {}: {err}",
+                    self.mountpoint.display()
+                )),
+            }
+            self.owns_mountpoint = false;
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if (self.child.is_some() || self.owns_mountpoint)
+            && let Err(err) = self.shutdown()
+        {
+            eprintln!("lab: cleaning up {}: {err}", self.name);
+        }
+    }
+}
+
+/// The last `count` non-empty lines of a log, joined, for error messages.
+pub fn last_lines(path: &Path, count: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(count)..];
+    if tail.is_empty() {
+        format!("(no output; log {})", path.display())
+    } else {
+        tail.join(" | ")
+    }
+}
+
+/// Requests and spilled writes summed over the server's `QueueReport` debug
+/// lines, e.g. `QueueReport { index: 0, requests: 258, spilled: 0, .. }`.
+pub fn queue_totals(log: &str) -> Option<(u64, u64)> {
+    let mut found = false;
+    let (mut requests, mut spilled) = (0, 0);
+    for line in log.lines().filter(|line| line.contains("QueueReport {")) {
+        found = true;
+        requests += number_after(line, "requests: ").unwrap_or(0);
+        spilled += number_after(line, "spilled: ").unwrap_or(0);
+    }
+    found.then_some((requests, spilled))
+}
+
+/// The count in the alloc-count build's exit line `allocations: N total, ...`.
+pub fn allocations(log: &str) -> Option<u64> {
+    log.lines()
+        .filter_map(|line| number_after(line, "allocations: "))
+        .next_back()
+}
+
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Samples a process's thread count while a workload runs: io_uring
+/// workers come and go, so the count after the run would miss them.
+#[derive(Debug)]
+pub struct ThreadSampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<u64>,
+}
+
+impl ThreadSampler {
+    const INTERVAL: Duration = Duration::from_millis(50);
+
+    pub fn start(pid: u32) -> ThreadSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            let mut max = 0;
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(host::status_field(pid, "Threads").unwrap_or(0));
+                thread::sleep(Self::INTERVAL);
+            }
+            max.max(host::status_field(pid, "Threads").unwrap_or(0))
+        });
+        ThreadSampler { stop, handle }
+    }
+
+    /// The largest thread count seen.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_queue_reports_and_allocations() {
+        let log = "fuse-export: info: serving\n\
+            fuse-export: debug: QueueReport { index: 0, requests: 258, spilled: 0, pool: PoolStats { allocated: 33, released: 0, reused: 518 }, disconnected: false }\n\
+            fuse-export: debug: QueueReport { index: 1, requests: 264, spilled: 256, pool: PoolStats { allocated: 35, released: 0, reused: 784 }, disconnected: false }\n\
+            fuse-export: info: allocations: 1234 total, 56789 bytes\n";
+        assert_eq!(queue_totals(log), Some((522, 256)));
+        assert_eq!(allocations(log), Some(1234));
+        assert_eq!(queue_totals("nothing here"), None);
+        assert_eq!(allocations("allocations: lots"), None);
+    }
+}
