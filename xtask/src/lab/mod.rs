@@ -245,6 +245,9 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         out_dir.display()
     );
 
+    // Read now, not after the run: the tree the binary was built from is
+    // the one to name, and people keep committing while the lab runs.
+    let versions = versions(&root, &workspace);
     let mut runner = Runner::new(&plan, &workspace);
     let records = runner.run_groups();
     let allocs = runner.run_alloc_probes();
@@ -257,7 +260,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         context: RunContext {
             started: start_time.human(),
             host: describe_host(),
-            versions: versions(&root, &workspace),
+            versions,
             notes,
             interrupted,
             elapsed_secs: started.elapsed().as_secs_f64(),
