@@ -21,25 +21,6 @@ use rustix::process::Signal;
 // ---------------------------------------------------------------------------
 // Local helpers
 
-/// Whether every program in `tools` is installed; prints `SKIP:` if not.
-#[must_use]
-fn require_tools(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|tool| find_in_path(tool).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    eprintln!(
-        "SKIP: {}: {} not installed",
-        current_test_name(),
-        missing.join(", ")
-    );
-    false
-}
-
 /// Runs `f` (which goes through the export and would hang with the server)
 /// on a helper thread, failing the test after [`COMMAND_TIMEOUT`].
 fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -63,6 +63,25 @@ pub fn skip_unless_fuse() -> bool {
     false
 }
 
+/// Whether every program in `tools` is installed; prints `SKIP:` if not.
+#[must_use]
+pub fn require_tools(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| find_in_path(tool).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    eprintln!(
+        "SKIP: {}: {} not installed",
+        current_test_name(),
+        missing.join(", ")
+    );
+    false
+}
+
 /// The first executable file named `program` in the `PATH` directories.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
