@@ -539,38 +539,15 @@ fn bad_command_lines_exit_2_with_one_clear_line() {
             .position(|arg| arg == "--mount")
             .map(|i| Path::new(&args[i + 1]).to_path_buf())
             .expect("every case has --mount");
-        // A fixed log level: the expectation is exactly one line, whatever
-        // RUST_LOG the developer has set.
-        let mut server =
-            Server::spawn_with_env(&dir, &args, &mount, &[("RUST_LOG", "info".as_ref())]);
-        let Some(status) = server.wait_for_exit(STOP_TIMEOUT) else {
-            failures.push(format!("{name}: still running after {STOP_TIMEOUT:?}"));
-            continue; // dropping the guard stops it and unmounts
-        };
-        let stderr = server.stderr();
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .collect();
-        let one_clear_line = lines.len() == 1 && lines[0].starts_with("fuse-export: ");
-        let clap_error = stderr.starts_with("error:");
-        let message_ok = match expect {
-            Expect::OneLine => one_clear_line,
-            Expect::OneLineOrClapError => one_clear_line || clap_error,
-        };
-        if status.code() != Some(2) || !message_ok {
-            failures.push(format!("{name}: exit {status}, stderr:\n{stderr}"));
-        }
-        if is_mounted(&mount) {
-            failures.push(format!(
-                "{name}: exited but left {} mounted",
-                mount.display()
-            ));
-        }
-        if fresh_mount.exists() {
-            failures.push(format!("{name}: left {} behind", fresh_mount.display()));
-            let _ = fs::remove_file(&fresh_mount);
-        }
+        let clap_may_answer = matches!(expect, Expect::OneLineOrClapError);
+        failures.extend(rejected_command_line_failures(
+            &dir,
+            name,
+            &args,
+            &mount,
+            &fresh_mount,
+            clap_may_answer,
+        ));
     }
     assert!(
         failures.is_empty(),

@@ -1175,26 +1175,9 @@ fn bad_option_combinations_exit_2_before_mounting() {
         ];
         args.extend(extra.iter().map(OsString::from));
         let name = extra.join(" ");
-        let mut server =
-            Server::spawn_with_env(&dir, &args, &mount, &[("RUST_LOG", "info".as_ref())]);
-        let Some(status) = server.wait_for_exit(STOP_TIMEOUT) else {
-            failures.push(format!("{name}: still running after {STOP_TIMEOUT:?}"));
-            continue;
-        };
-        let stderr = server.stderr();
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let clear = stderr.starts_with("error:")
-            || (lines.len() == 1 && lines[0].starts_with("fuse-export: "));
-        if status.code() != Some(2) || !clear {
-            failures.push(format!("{name}: exit {status}, stderr:\n{stderr}"));
-        }
-        if is_mounted(&mount) {
-            failures.push(format!("{name}: left {} mounted", mount.display()));
-        }
-        if mount.exists() {
-            failures.push(format!("{name}: created {}", mount.display()));
-            let _ = fs::remove_file(&mount);
-        }
+        failures.extend(rejected_command_line_failures(
+            &dir, &name, &args, &mount, &mount, true,
+        ));
     }
     assert!(
         failures.is_empty(),

@@ -63,6 +63,51 @@ pub fn skip_unless_fuse() -> bool {
     false
 }
 
+/// Runs the server with a command line it must reject and returns what went
+/// wrong, each line prefixed with `name`: it must exit with code 2 and print
+/// exactly one `fuse-export: ` line (or, when `clap_may_answer`, clap's usage
+/// error), leave nothing mounted at `mount` and create nothing at
+/// `must_not_exist` (which is removed if it was).
+pub fn rejected_command_line_failures(
+    dir: &TestDir,
+    name: &str,
+    args: &[OsString],
+    mount: &Path,
+    must_not_exist: &Path,
+    clap_may_answer: bool,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    // A fixed log level: the expectation is exactly one line, whatever
+    // RUST_LOG the developer has set.
+    let mut server = Server::spawn_with_env(dir, args, mount, &[("RUST_LOG", "info".as_ref())]);
+    let Some(status) = server.wait_for_exit(STOP_TIMEOUT) else {
+        // Dropping the guard stops the server and unmounts.
+        failures.push(format!("{name}: still running after {STOP_TIMEOUT:?}"));
+        return failures;
+    };
+    let stderr = server.stderr();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let one_clear_line = lines.len() == 1 && lines[0].starts_with("fuse-export: ");
+    let clap_error = clap_may_answer && stderr.starts_with("error:");
+    if status.code() != Some(2) || !(one_clear_line || clap_error) {
+        failures.push(format!("{name}: exit {status}, stderr:\n{stderr}"));
+    }
+    if is_mounted(mount) {
+        failures.push(format!(
+            "{name}: exited but left {} mounted",
+            mount.display()
+        ));
+    }
+    if must_not_exist.exists() {
+        failures.push(format!("{name}: left {} behind", must_not_exist.display()));
+        let _ = fs::remove_file(must_not_exist);
+    }
+    failures
+}
+
 /// Whether every program in `tools` is installed; prints `SKIP:` if not.
 #[must_use]
 pub fn require_tools(tools: &[&str]) -> bool {
