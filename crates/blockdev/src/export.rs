@@ -3,11 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use fuse_dev::{PAGE_SIZE, QueueContext};
+use fuse_dev::PAGE_SIZE;
 use fuse_proto::abi::{Attr, AttrOut, EntryOut, Kstatfs, StatfsOut, Statx, StatxOut, SxTime};
 use fuse_proto::reply::{Errno, Reply};
 
-use crate::handler::QueueHandler;
 use crate::image::Image;
 use crate::range_lock::RangeLocks;
 
@@ -144,11 +143,6 @@ impl Export {
 
     pub(crate) fn set_presentation(&self, presentation: Presentation) {
         *self.presentation.lock().unwrap_or_else(|p| p.into_inner()) = presentation;
-    }
-
-    /// The handler for one queue.
-    pub fn queue_handler(self: &Arc<Self>, context: QueueContext) -> QueueHandler {
-        QueueHandler::new(self.clone(), context)
     }
 
     /// The file's attributes as the kernel should see them.

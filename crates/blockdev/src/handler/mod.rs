@@ -1,0 +1,326 @@
+//! Serving the requests of one queue: decoding, dispatch by opcode, and the
+//! range-lock bookkeeping every concern shares.
+//!
+//! Each concern has its own file, found from the opcode:
+//! - [`rw`]: READ, WRITE (aligned and read-modify-write), FLUSH/FSYNC;
+//! - [`size`]: SETATTR, OPEN (O_TRUNC) and resizes;
+//! - [`space`]: FALLOCATE and LSEEK;
+//! - [`directory`]: the directory that holds the image in directory mode.
+//!
+//! Data never takes a detour: an aligned WRITE goes to the image straight
+//! from the buffers the request arrived in (in-place page + spill-over), a
+//! READ is read into one pool buffer and replied from it. Only requests that
+//! are not aligned to the image's O_DIRECT alignment use a bounce buffer
+//! (read-modify-write for writes).
+//!
+//! Every write, fallocate and resize holds a range lock (see
+//! [`crate::range_lock`]) from before it looks at the image size until its
+//! effect is on the image. A request that cannot lock is parked and retried
+//! when a lock is released.
+
+mod directory;
+mod rw;
+mod size;
+mod space;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use fuse_dev::{
+    BackingFile, Chain, Completion, Handler, Incoming, Job, QueueContext, QueueIo, Segment, Waker,
+};
+use fuse_proto::abi::{FallocateIn, SetattrIn};
+use fuse_proto::flags::FsyncFlags;
+use fuse_proto::reply::{Errno, Reply};
+use fuse_proto::{Opcode, Operation};
+
+use crate::export::Export;
+use crate::image::Image;
+use crate::range_lock::LockId;
+
+pub use rw::WriteJob;
+use size::AfterResize;
+
+/// The image is the only backing file, registered first.
+const IMAGE: BackingFile = BackingFile(0);
+
+/// Offsets beyond this cannot be passed to the kernel's file APIs.
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
+/// What a queue parks until a range lock is free.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parked requests live in a VecDeque that is reused; boxing would allocate per conflict"
+)]
+enum Parked {
+    Write(WriteJob),
+    Resize { size: u64, then: AfterResize },
+    Fallocate(FallocateIn),
+}
+
+/// Per-request state while backing I/O runs.
+#[derive(Debug)]
+pub enum Pending {
+    /// A READ of the aligned range around the requested bytes.
+    Read {
+        /// Bytes to skip at the start of what was read.
+        skip: usize,
+        /// Bytes requested (after clamping to the size).
+        len: usize,
+    },
+    /// A WRITE straight from the request's buffers.
+    Write {
+        /// Held until the data is on the image.
+        lock: LockId,
+        /// Bytes requested.
+        len: usize,
+    },
+    /// Read-modify-write: reading the partial head or tail block.
+    RmwFill {
+        /// The write being served.
+        write: WriteJob,
+        /// Its lock.
+        lock: LockId,
+        /// Whether the tail block still has to be read after this one.
+        tail_next: bool,
+    },
+    /// Read-modify-write: writing the merged blocks.
+    RmwWrite {
+        /// Its lock.
+        lock: LockId,
+        /// The write's data, returned to the pool at the end.
+        payload: Chain,
+        /// Offset of the write in the merged range.
+        skip: usize,
+        /// Bytes requested.
+        len: usize,
+    },
+    /// FALLOCATE.
+    Fallocate {
+        /// Its lock.
+        lock: LockId,
+        /// Whether it may have changed the size.
+        resizes: bool,
+    },
+    /// FLUSH / FSYNC.
+    Sync,
+}
+
+/// Serves one queue.
+#[derive(Debug)]
+pub struct QueueHandler {
+    export: Arc<Export>,
+    queue: usize,
+    wakers: Arc<[Waker]>,
+    parked: VecDeque<(Job, Parked)>,
+}
+
+/// What a request asks, copied out of its buffer so that the buffer can move.
+enum Op {
+    Getattr,
+    Statx,
+    Lookup { found: bool },
+    Opendir,
+    Readdir { offset: u64, size: u32 },
+    Releasedir,
+    Setattr(SetattrIn),
+    Open { flags: u32 },
+    Read { offset: u64, size: u32 },
+    Write { offset: u64 },
+    Statfs,
+    Release,
+    Sync { datasync: bool },
+    Fallocate(FallocateIn),
+    Lseek { offset: u64, whence: u32 },
+    Interrupt,
+    Forget,
+    Unsupported(Opcode),
+}
+
+impl QueueHandler {
+    pub(crate) fn new(export: Arc<Export>, context: QueueContext) -> QueueHandler {
+        QueueHandler {
+            export,
+            queue: context.index,
+            wakers: context.wakers,
+            parked: VecDeque::new(),
+        }
+    }
+
+    fn image(&self) -> &Image {
+        self.export.image()
+    }
+
+    /// A pool buffer windowed to `len` bytes.
+    fn bounce(&self, io: &mut QueueIo<'_, Pending>, len: usize) -> std::io::Result<Chain> {
+        let buf = io.pool().take(self.export.bounce_len())?;
+        let mut chain = Chain::of(Segment::whole(buf));
+        chain.select(0, len);
+        Ok(chain)
+    }
+
+    /// Releases a lock and lets every queue that waited for one retry.
+    fn unlock(&mut self, lock: LockId, io: &mut QueueIo<'_, Pending>) {
+        let waiting = self.export.locks().unlock(lock);
+        for queue in 0..self.wakers.len() {
+            if waiting & (1 << queue) == 0 {
+                continue;
+            }
+            if queue == self.queue {
+                self.retry_parked(io);
+            } else {
+                self.wakers[queue].wake();
+            }
+        }
+    }
+
+    /// Tries every parked request again, oldest first.
+    fn retry_parked(&mut self, io: &mut QueueIo<'_, Pending>) {
+        for _ in 0..self.parked.len() {
+            let Some((job, parked)) = self.parked.pop_front() else {
+                break;
+            };
+            // Each re-parks itself at the back if still blocked.
+            match parked {
+                Parked::Write(write) => self.start_write(job, write, io),
+                Parked::Resize { size, then } => self.resize(job, size, then, io),
+                Parked::Fallocate(arg) => self.fallocate(job, arg, io),
+            }
+        }
+    }
+}
+
+impl QueueHandler {
+    /// What a parsed request asks for, copied out of the request buffer.
+    fn op_of(&self, op: Operation<'_>) -> Op {
+        match op {
+            Operation::Getattr(_) => Op::Getattr,
+            Operation::Statx(_) => Op::Statx,
+            Operation::Lookup { name } => Op::Lookup {
+                found: self.export.options().directory_entry.as_deref() == Some(name),
+            },
+            Operation::Opendir(_) => Op::Opendir,
+            Operation::Readdir(arg) => Op::Readdir {
+                offset: arg.offset,
+                size: arg.size,
+            },
+            Operation::Releasedir(_) => Op::Releasedir,
+            Operation::Setattr(arg) => Op::Setattr(arg),
+            Operation::Open(arg) => Op::Open { flags: arg.flags },
+            Operation::Read(arg) => Op::Read {
+                offset: arg.offset,
+                size: arg.size,
+            },
+            Operation::Write { arg, .. } => Op::Write { offset: arg.offset },
+            Operation::Statfs => Op::Statfs,
+            Operation::Release(_) | Operation::Destroy => Op::Release,
+            Operation::Flush(_) => Op::Sync { datasync: true },
+            Operation::Fsync(arg) => Op::Sync {
+                datasync: FsyncFlags(arg.fsync_flags).contains(FsyncFlags::FDATASYNC),
+            },
+            Operation::Fallocate(arg) => Op::Fallocate(arg),
+            Operation::Lseek(arg) => Op::Lseek {
+                offset: arg.offset,
+                whence: arg.whence,
+            },
+            Operation::Interrupt(_) => Op::Interrupt,
+            other if other.opcode().is_no_reply() => Op::Forget,
+            other => Op::Unsupported(other.opcode()),
+        }
+    }
+}
+
+impl Handler for QueueHandler {
+    type State = Pending;
+
+    fn request(&mut self, job: Job, incoming: Incoming, io: &mut QueueIo<'_, Pending>) {
+        let unique = job.unique();
+        let (nodeid, op) = match incoming.request() {
+            Ok(request) => (request.header.nodeid, self.op_of(request.op)),
+            Err(err) => {
+                log::warn!("malformed request {unique}: {err}");
+                io.pool().give_chain(incoming.into_buffers());
+                return io.reply_error(job, Errno::EIO);
+            }
+        };
+        if self.export.is_directory(nodeid) {
+            io.pool().give_chain(incoming.into_buffers());
+            return self.directory_request(job, op, io);
+        }
+        if let Op::Write { offset } = op {
+            return self.write(job, offset, incoming, io);
+        }
+        io.pool().give_chain(incoming.into_buffers());
+        match op {
+            Op::Getattr => io.reply(job, self.export.getattr_reply(unique, nodeid)),
+            Op::Statx => io.reply(job, self.export.statx_reply(unique, nodeid)),
+            // The image is not a directory.
+            Op::Lookup { .. } | Op::Opendir | Op::Readdir { .. } | Op::Releasedir => {
+                io.reply_error(job, Errno::new(libc::ENOTDIR).unwrap_or(Errno::EIO))
+            }
+            Op::Setattr(arg) => self.setattr(job, arg, io),
+            Op::Open { flags } => self.open(job, flags, io),
+            Op::Read { offset, size } => self.read(job, offset, size, io),
+            Op::Statfs => io.reply(job, self.export.statfs_reply(unique)),
+            Op::Release => io.reply(job, Reply::empty(unique)),
+            Op::Sync { datasync } => self.sync(job, datasync, io),
+            Op::Fallocate(arg) => self.fallocate(job, arg, io),
+            Op::Lseek { offset, whence } => io.reply(job, self.lseek(unique, offset, whence)),
+            // ENOSYS tells the kernel to stop sending interrupts; requests
+            // here finish quickly anyway.
+            Op::Interrupt => io.reply_error(job, Errno::ENOSYS),
+            Op::Forget => io.finish(job),
+            Op::Unsupported(opcode) => {
+                // ENOSYS is sticky for most opcodes: the kernel stops asking
+                // (GETXATTR before every write, STATX before every stat).
+                log::debug!("{opcode} not supported");
+                io.reply_error(job, Errno::ENOSYS);
+            }
+            // Handled above, before the buffers were given back.
+            Op::Write { .. } => {}
+        }
+    }
+
+    fn complete(&mut self, job: Job, done: Completion<Pending>, io: &mut QueueIo<'_, Pending>) {
+        let Completion {
+            result,
+            chain,
+            state,
+        } = done;
+        match state {
+            Pending::Read { skip, len } => self.read_done(job, result, chain, skip, len, io),
+            Pending::Write { lock, len } => self.write_done(job, result, chain, lock, len, io),
+            state @ Pending::RmwFill { .. } => self.rmw_filled(
+                job,
+                Completion {
+                    result,
+                    chain,
+                    state,
+                },
+                io,
+            ),
+            Pending::RmwWrite {
+                lock,
+                payload,
+                skip,
+                len,
+            } => self.rmw_written(job, result, chain, payload, (lock, skip, len), io),
+            Pending::Fallocate { lock, resizes } => {
+                self.fallocate_done(job, result, chain, lock, resizes, io)
+            }
+            Pending::Sync => self.sync_done(job, result, chain, io),
+        }
+    }
+
+    fn wake(&mut self, io: &mut QueueIo<'_, Pending>) {
+        self.retry_parked(io);
+    }
+}
+
+impl Export {
+    /// The handler for one queue (given to `fuse_dev::Session::start`).
+    pub fn queue_handler(self: &Arc<Self>, context: QueueContext) -> QueueHandler {
+        QueueHandler::new(self.clone(), context)
+    }
+}
