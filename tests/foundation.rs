@@ -302,19 +302,14 @@ fn fusermount3_mount_roundtrip() {
     if !skip_unless_fuse() || !require_tools(&["fusermount3"]) {
         return;
     }
-    let fusermount3 = find_in_path("fusermount3").expect("require_tools found it");
     let dir = TestDir::new("fusermount");
     let image = dir.join("disk.raw");
     let mount = dir.join("disk.img");
     let mut expected = random_bytes(0xf05e, 2 * MIB as usize);
     write_file(&image, &expected);
-    let wrapper_dir = dir.join("bin");
     let calls = dir.join("fusermount3-calls");
-    write_fusermount3_wrapper(&wrapper_dir, &fusermount3, &calls);
-    let path = std::env::join_paths(std::iter::once(wrapper_dir.clone()).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))
-    .expect("PATH entries contain no ':'");
+    let path =
+        path_with_fusermount3_wrapper(&dir, &format!("echo \"$*\" >> '{}'", calls.display()));
     let server =
         Server::export_with_env(&dir, &image, &mount, &["--fusermount"], &[("PATH", &path)]);
     let recorded = fs::read_to_string(&calls).unwrap_or_default();
@@ -348,21 +343,6 @@ fn fusermount3_mount_roundtrip() {
         &expected,
         &read_file(&image),
     );
-}
-
-/// Writes `<dir>/fusermount3`, which appends its arguments to `calls` and
-/// runs the real one.
-fn write_fusermount3_wrapper(dir: &Path, real: &Path, calls: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::create_dir(dir).expect("create the wrapper directory");
-    let wrapper = dir.join("fusermount3");
-    let script = format!(
-        "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-        calls.display(),
-        real.display()
-    );
-    write_file(&wrapper, script.as_bytes());
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
 }
 
 /// A non-growable export behaves like a block device at its end: writes

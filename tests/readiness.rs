@@ -76,32 +76,19 @@ struct MountGate {
 impl MountGate {
     /// `None` (after `SKIP:`, or a failure under CI) without fusermount3.
     fn new(dir: &TestDir) -> Option<MountGate> {
-        use std::os::unix::fs::PermissionsExt;
         if !require_tools(&["fusermount3"]) {
             return None;
         }
-        let real = find_in_path("fusermount3").expect("require_tools found it");
-        let bin = dir.join("gate-bin");
         let (started, release) = (dir.join("gate-started"), dir.join("gate-release"));
-        fs::create_dir(&bin).expect("create the wrapper directory");
-        let wrapper = bin.join("fusermount3");
         // It gives up when the server (its parent) is gone, so that a test
         // that fails before opening the gate leaves no process behind.
-        let script = format!(
-            "#!/bin/sh\n: > '{}'\nwhile [ ! -e '{}' ]; do\n    kill -0 $PPID 2>/dev/null || exit 1\n    sleep 0.01\ndone\nexec '{}' \"$@\"\n",
+        let prelude = format!(
+            ": > '{}'\nwhile [ ! -e '{}' ]; do\n    kill -0 $PPID 2>/dev/null || exit 1\n    sleep 0.01\ndone",
             started.display(),
             release.display(),
-            real.display()
         );
-        write_file(&wrapper, script.as_bytes());
-        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
-            .expect("chmod the wrapper");
-        let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )))
-        .expect("PATH entries contain no ':'");
         Some(MountGate {
-            path,
+            path: path_with_fusermount3_wrapper(dir, &prelude),
             started,
             release,
         })

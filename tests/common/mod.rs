@@ -101,6 +101,24 @@ pub fn require_tools(tools: &[&str]) -> bool {
         ))
 }
 
+/// A PATH for the server in which `fusermount3` is a shell wrapper in
+/// `<dir>/fusermount3-wrapper` that runs `prelude` (shell commands; `$*` are
+/// fusermount3's arguments, `$PPID` the server) and then the real
+/// fusermount3, which must be installed (see [`require_tools`]).
+pub fn path_with_fusermount3_wrapper(dir: &TestDir, prelude: &str) -> OsString {
+    use std::os::unix::fs::PermissionsExt;
+    let real = find_in_path("fusermount3").expect("fusermount3 is installed");
+    let bin = dir.join("fusermount3-wrapper");
+    fs::create_dir(&bin).expect("create the wrapper directory");
+    let wrapper = bin.join("fusermount3");
+    let script = format!("#!/bin/sh\n{prelude}\nexec '{}' \"$@\"\n", real.display());
+    write_file(&wrapper, script.as_bytes());
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+        .expect("PATH entries contain no ':'")
+}
+
 /// The first executable file named `program` in the `PATH` directories.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
