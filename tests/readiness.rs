@@ -371,6 +371,11 @@ fn a_server_that_cannot_mount_writes_no_pidfile_and_sends_no_ready() {
         !creation.was_created(),
         "the pidfile was created by a server that never mounted"
     );
+    let left: Vec<String> = names_in(dir.path())
+        .into_iter()
+        .filter(|name| name.contains("export.pid"))
+        .collect();
+    assert!(left.is_empty(), "left beside the pidfile's path: {left:?}");
     let datagrams: Vec<Vec<String>> = std::iter::from_fn(|| notify.next(Duration::ZERO)).collect();
     assert!(
         !datagrams.iter().flatten().any(|line| line == "READY=1"),

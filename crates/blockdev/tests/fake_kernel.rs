@@ -117,7 +117,7 @@ fn make_room_for(fds: [&OwnedFd; 2], largest: usize) -> Result<(), String> {
         if send_buffer < largest + 32 {
             return Err(format!(
                 "{largest}-byte SOCK_SEQPACKET messages do not fit a {send_buffer}-byte socket \
-                 buffer (net.core.wmem_max is too small; raising past it needs CAP_NET_ADMIN)"
+                 buffer (without CAP_NET_ADMIN it stops at net.core.wmem_max)"
             ));
         }
     }
