@@ -5,16 +5,25 @@ CARGO ?= cargo
 
 .PHONY: setup run test lint tidy fuzz clean
 
-# Installs what is missing (as root, through apt) and checks /dev/fuse.
-# Quiet and idempotent when everything is already there.
+# Installs what the tests use and is missing (as root, through apt) and
+# checks /dev/fuse. Quiet and idempotent when everything is already there.
+# Each pair is a program the tests run and the Debian package that has it;
+# with CI set, a test whose program is missing fails instead of skipping.
+SETUP_TOOLS := fusermount3:fuse3 fio:fio qemu-img:qemu-utils qemu-io:qemu-utils \
+	python3:python3 mkfs.ext4:e2fsprogs debugfs:e2fsprogs losetup:mount
 setup:
 	@missing=""; \
-	command -v fusermount3 >/dev/null 2>&1 || missing="$$missing fuse3"; \
-	command -v fio >/dev/null 2>&1 || missing="$$missing fio"; \
+	for pair in $(SETUP_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair#*:}; \
+		command -v $$tool >/dev/null 2>&1 || case " $$missing " in \
+			*" $$package "*) ;; \
+			*) missing="$$missing $$package" ;; \
+		esac; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
 			echo "setup: missing packages:$$missing; install them with: sudo apt-get install$$missing" >&2; \
-			echo "setup: continuing; tests that need them will skip" >&2; \
+			echo "setup: continuing; tests that need them will skip (and fail when CI is set)" >&2; \
 		else \
 			echo "setup: installing$$missing"; \
 			export DEBIAN_FRONTEND=noninteractive; \

@@ -14,7 +14,6 @@
 mod common;
 
 use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -25,20 +24,6 @@ use rustix::process::Signal;
 
 // ---------------------------------------------------------------------------
 // Local helpers
-
-/// Runs `f` (which may block on the export) on a helper thread, failing
-/// the test after [`COMMAND_TIMEOUT`].
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    with_timeout(COMMAND_TIMEOUT, f)
-        .unwrap_or_else(|| panic!("{what} did not return within {COMMAND_TIMEOUT:?}"))
-}
-
-fn allocated_bytes(path: &Path) -> u64 {
-    fs::metadata(path)
-        .unwrap_or_else(|err| panic!("cannot stat {}: {err}", path.display()))
-        .blocks()
-        * 512
-}
 
 /// Asserts fio reported `jobs` jobs, each with `err= 0`, and no verify
 /// failure; and that every job read back (verified) as many blocks as it

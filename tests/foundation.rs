@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -115,7 +114,7 @@ fn qemu_img_convert_with_parallel_chunks_matches_source() {
 }
 
 fn convert_onto_export_and_compare(label: &str, server_args: &[&str]) {
-    if !skip_unless_fuse() {
+    if !skip_unless_fuse() || !require_tools(&["qemu-img"]) {
         return;
     }
     const SIZE: u64 = 256 * MIB;
@@ -300,26 +299,17 @@ fn read_only_export_rejects_writes() {
 /// first in the server's PATH records that fusermount3 really mounted it.
 #[test]
 fn fusermount3_mount_roundtrip() {
-    if !skip_unless_fuse() {
+    if !skip_unless_fuse() || !require_tools(&["fusermount3"]) {
         return;
     }
-    let Some(fusermount3) = find_in_path("fusermount3") else {
-        let test = current_test_name();
-        eprintln!("SKIP: {test}: fusermount3 is not installed (make setup installs fuse3)");
-        return;
-    };
     let dir = TestDir::new("fusermount");
     let image = dir.join("disk.raw");
     let mount = dir.join("disk.img");
     let mut expected = random_bytes(0xf05e, 2 * MIB as usize);
     write_file(&image, &expected);
-    let wrapper_dir = dir.join("bin");
     let calls = dir.join("fusermount3-calls");
-    write_fusermount3_wrapper(&wrapper_dir, &fusermount3, &calls);
-    let path = std::env::join_paths(std::iter::once(wrapper_dir.clone()).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))
-    .expect("PATH entries contain no ':'");
+    let path =
+        path_with_fusermount3_wrapper(&dir, &format!("echo \"$*\" >> '{}'", calls.display()));
     let server =
         Server::export_with_env(&dir, &image, &mount, &["--fusermount"], &[("PATH", &path)]);
     let recorded = fs::read_to_string(&calls).unwrap_or_default();
@@ -353,21 +343,6 @@ fn fusermount3_mount_roundtrip() {
         &expected,
         &read_file(&image),
     );
-}
-
-/// Writes `<dir>/fusermount3`, which appends its arguments to `calls` and
-/// runs the real one.
-fn write_fusermount3_wrapper(dir: &Path, real: &Path, calls: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::create_dir(dir).expect("create the wrapper directory");
-    let wrapper = dir.join("fusermount3");
-    let script = format!(
-        "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
-        calls.display(),
-        real.display()
-    );
-    write_file(&wrapper, script.as_bytes());
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
 }
 
 /// A non-growable export behaves like a block device at its end: writes
@@ -465,93 +440,117 @@ fn writes_past_eof_are_short_and_reads_stop_at_eof() {
     );
 }
 
-/// Bad input is refused before anything is mounted: exit code 2 and one
-/// line on stderr. Runs without root; a server that wrongly mounts is
-/// stopped and unmounted by the guard.
+/// Bad paths and unknown options are refused before anything is created
+/// or mounted: exit code 2 and an error that names what is wrong (one
+/// `fuse-export: ` line from the server, or clap's usage error). Runs
+/// without root; a server that wrongly mounts is stopped and unmounted by
+/// the guard.
 #[test]
-fn bad_command_lines_exit_2_with_one_clear_line() {
-    enum Expect {
-        /// The server's own check: exactly one line, `fuse-export: ...`.
-        OneLine,
-        /// May be caught by clap, whose usage error spans several lines.
-        OneLineOrClapError,
-    }
+fn bad_command_lines_exit_2_naming_what_is_wrong() {
+    use RefusedBy::{Clap, Server};
     let dir = TestDir::new("bad-cli");
     let image = dir.join("disk.raw");
     let subdir = dir.join("subdir");
     let fresh_mount = dir.join("fresh.img");
     create_sparse_file(&image, MIB);
     fs::create_dir(&subdir).expect("create a directory");
-
-    let image_arg = || vec!["--image".into(), image.clone().into_os_string()];
-    let with_mount = |mut args: Vec<OsString>, mount: &Path| {
-        args.extend(["--mount".into(), mount.as_os_str().to_owned()]);
-        args
+    let missing_dir = dir.join("missing-dir");
+    let pidfile_in_missing_dir = missing_dir.join("export.pid");
+    let refused = |name, image: &Path, mount: &Path, extra: &[&str], by, says: &[&str]| {
+        RefusedCommandLine::new(name, image, mount, extra, by, says)
     };
-    let cases: Vec<(&str, Vec<OsString>, Expect)> = vec![
-        (
+    let as_text = |path: &Path| path.display().to_string();
+    let cases = [
+        refused(
             "missing image",
-            with_mount(
-                vec!["--image".into(), dir.join("missing.raw").into()],
-                &fresh_mount,
-            ),
-            Expect::OneLine,
+            &dir.join("missing.raw"),
+            &fresh_mount,
+            &[],
+            Server,
+            &["missing.raw", "No such file or directory"],
         ),
-        (
-            "mountpoint in a missing directory",
-            with_mount(image_arg(), &dir.join("missing-dir/disk.img")),
-            Expect::OneLine,
-        ),
-        (
-            "character device as mountpoint",
-            with_mount(image_arg(), Path::new("/dev/null")),
-            Expect::OneLine,
-        ),
-        (
+        refused(
             "directory as image",
-            with_mount(vec!["--image".into(), subdir.clone().into()], &fresh_mount),
-            Expect::OneLine,
+            &subdir,
+            &fresh_mount,
+            &[],
+            Server,
+            &["subdir", "is a directory"],
         ),
-        (
+        refused(
+            "mountpoint in a missing directory",
+            &image,
+            &missing_dir.join("disk.img"),
+            &[],
+            Server,
+            &["missing-dir", "does not exist"],
+        ),
+        refused(
+            "character device as mountpoint",
+            &image,
+            Path::new("/dev/null"),
+            &[],
+            Server,
+            &["/dev/null", "is not a regular file"],
+        ),
+        refused(
+            "--pidfile in a missing directory",
+            &image,
+            &fresh_mount,
+            &["--pidfile", &as_text(&pidfile_in_missing_dir)],
+            Server,
+            &["--pidfile", "missing-dir", "does not exist"],
+        ),
+        refused(
+            "--pidfile that is a directory",
+            &image,
+            &fresh_mount,
+            &["--pidfile", &as_text(&subdir)],
+            Server,
+            &["--pidfile", "is a directory"],
+        ),
+        // Not even root may create files in /proc.
+        refused(
+            "--pidfile where nothing can be written",
+            &image,
+            &fresh_mount,
+            &["--pidfile", "/proc/fuse-export.pid"],
+            Server,
+            &["--pidfile", "cannot write in /proc"],
+        ),
+        refused(
+            "unknown option",
+            &image,
+            &fresh_mount,
+            &["--no-such-option"],
+            Clap,
+            &["unexpected argument '--no-such-option'"],
+        ),
+        refused(
             "--max-write 1000 (not a multiple of 4096)",
-            [
-                with_mount(image_arg(), &fresh_mount),
-                vec!["--max-write".into(), "1000".into()],
-            ]
-            .concat(),
-            Expect::OneLineOrClapError,
+            &image,
+            &fresh_mount,
+            &["--max-write", "1000"],
+            Clap,
+            &["--max-write", "1000", "not a multiple of 4096"],
         ),
-        (
+        refused(
             "--cache bogus",
-            [
-                with_mount(image_arg(), &fresh_mount),
-                vec!["--cache".into(), "bogus".into()],
-            ]
-            .concat(),
-            Expect::OneLineOrClapError,
+            &image,
+            &fresh_mount,
+            &["--cache", "bogus"],
+            Clap,
+            &["invalid value 'bogus' for '--cache"],
         ),
     ];
 
-    let mut failures = Vec::new();
-    for (name, args, expect) in cases {
-        let mount = args
-            .iter()
-            .position(|arg| arg == "--mount")
-            .map(|i| Path::new(&args[i + 1]).to_path_buf())
-            .expect("every case has --mount");
-        let clap_may_answer = matches!(expect, Expect::OneLineOrClapError);
-        failures.extend(rejected_command_line_failures(
-            &dir,
-            name,
-            &args,
-            &mount,
-            &fresh_mount,
-            clap_may_answer,
-        ));
-    }
+    let failures: Vec<String> = cases
+        .iter()
+        .flat_map(|case| refused_command_line_failures(&dir, case, &fresh_mount))
+        .collect();
     assert!(
         failures.is_empty(),
-        "expected exit code 2 and one `fuse-export: ` line on stderr:\n{}",
+        "expected exit code 2 and an error naming the problem, nothing created or mounted:\n{}",
         failures.join("\n")
     );
 }
@@ -579,22 +578,25 @@ fn external_umount_stops_server() {
 }
 
 /// SIGTERM while dd streams O_DIRECT writes: the server finishes what is in
-/// flight, unmounts and exits 0, and every write dd had completed before the
-/// signal is in the image.
+/// flight, unmounts and exits 0; dd, still in the middle of its stream,
+/// fails on its next write; the image holds a prefix of dd's stream that
+/// covers every write dd had completed before the signal, and nothing
+/// after it.
 #[test]
 fn sigterm_during_dd_write_exits_cleanly_and_keeps_completed_writes() {
     if !skip_unless_fuse() {
         return;
     }
     const IMAGE_SIZE: u64 = 128 * MIB;
-    const BLOCK: usize = MIB as usize;
-    /// Fed before the signal, so that dd is busy writing when it arrives.
+    /// dd's block size: with the default max_write one WRITE request each.
+    const BLOCK: u64 = MIB;
+    /// The feeder's unit (a multiple of 8, so the stream stays the same).
+    const CHUNK: usize = 64 * KIB as usize;
+    /// Fed before the signal, so that dd is well into its run.
     const FED_BEFORE_SIGNAL: u64 = 16 * MIB;
-    /// Fed but possibly not yet written when the signal arrives: the pipe
-    /// (64 KiB by default) and dd's block between its read and its write.
-    /// dd cannot tell us what it completed: when its close fails on the dead
-    /// mount it exits without printing its statistics.
-    const IN_TRANSIT: u64 = 3 * MIB;
+    /// The feeder stops here until the signal has gone out, so dd cannot
+    /// reach the end of its input (and exit 0) before it.
+    const HELD_BACK_FROM: u64 = 32 * MIB;
     const STREAM_SEED: u64 = 0x5167;
     let dir = TestDir::new("sigterm-during-dd");
     let image = dir.join("disk.raw");
@@ -616,19 +618,28 @@ fn sigterm_during_dd_write_exits_cleanly_and_keeps_completed_writes() {
             .stderr(Stdio::piped()),
     );
     let mut pipe = writer.child.stdin.take().expect("dd's stdin");
+    // A small pipe keeps what the feeder handed over close to what dd read.
+    let pipe_capacity =
+        rustix::pipe::fcntl_setpipe_size(&pipe, 4096).expect("set the pipe's capacity") as u64;
     let fed = Arc::new(AtomicU64::new(0));
+    let (signal_sent, signal_sent_here) = mpsc::channel::<()>();
     let feeder = {
         let fed = Arc::clone(&fed);
         thread::spawn(move || {
             let mut stream = Xorshift::new(STREAM_SEED);
-            let mut block = vec![0; BLOCK];
+            let mut chunk = vec![0; CHUNK];
             while fed.load(Ordering::Relaxed) < IMAGE_SIZE {
-                stream.fill(&mut block);
-                // Fails once dd has exited (EPIPE; Rust ignores SIGPIPE).
-                if pipe.write_all(&block).is_err() {
+                // An error: the test gave up before signalling.
+                if fed.load(Ordering::Relaxed) == HELD_BACK_FROM && signal_sent_here.recv().is_err()
+                {
                     break;
                 }
-                fed.fetch_add(BLOCK as u64, Ordering::Relaxed);
+                stream.fill(&mut chunk);
+                // Fails once dd has exited (EPIPE; Rust ignores SIGPIPE).
+                if pipe.write_all(&chunk).is_err() {
+                    break;
+                }
+                fed.fetch_add(CHUNK as u64, Ordering::Relaxed);
             }
         })
     };
@@ -644,28 +655,60 @@ fn sigterm_during_dd_write_exits_cleanly_and_keeps_completed_writes() {
         );
         thread::sleep(Duration::from_millis(5));
     }
-    let completed_before_signal = fed.load(Ordering::Relaxed) - IN_TRANSIT;
+    let fed_before_signal = fed.load(Ordering::Relaxed);
+    if let Some(status) = writer.try_wait() {
+        panic!(
+            "dd exited before the signal ({status}): {}",
+            writer.stderr()
+        );
+    }
     server.signal(Signal::TERM);
+    signal_sent
+        .send(())
+        .expect("the feeder waits for the signal");
     server.assert_exits_cleanly("SIGTERM during a dd write");
-    assert!(
-        mount.is_file(),
-        "the pre-existing mountpoint file was removed"
+    assert_eq!(
+        fs::metadata(&mount)
+            .map(|meta| meta.is_file() && meta.len() == 0)
+            .ok(),
+        Some(true),
+        "the pre-existing mountpoint file was removed or written to"
     );
 
-    // The server is gone, so dd's next write fails (or it already finished).
-    if writer.wait_for_exit(STOP_TIMEOUT).is_none() {
+    // dd was in the middle of its input, so a write of its (one that was
+    // queued when the server stopped reading, or the next one) failed.
+    let Some(status) = writer.wait_for_exit(STOP_TIMEOUT) else {
         panic!("dd is still running {STOP_TIMEOUT:?} after the server exited");
-    }
+    };
+    let dd_stderr = writer.stderr();
+    let write_failed = format!("error writing '{}'", mount.display());
+    assert!(
+        !status.success() && dd_stderr.contains(&write_failed),
+        "dd should fail writing {} once the server is gone; it exited {status}:\n{dd_stderr}",
+        mount.display()
+    );
     feeder.join().expect("the feeder thread panicked");
 
+    // dd had read all but what was in the pipe, and completed the write of
+    // every block it had read except perhaps the one under way.
+    let read_before_signal = fed_before_signal.saturating_sub(pipe_capacity);
+    let completed_before_signal = (read_before_signal / BLOCK).saturating_sub(1) * BLOCK;
+    let fed_total = fed.load(Ordering::Relaxed) as usize;
     assert_eq!(file_size(&image), IMAGE_SIZE, "the image changed size");
-    let written = &read_file(&image)[..completed_before_signal as usize];
-    let expected = random_bytes(STREAM_SEED, completed_before_signal as usize);
-    assert_same_bytes(
-        "writes completed before SIGTERM, in the image",
-        &expected,
-        written,
+    let content = read_file(&image);
+    let stream = random_bytes(STREAM_SEED, fed_total);
+    let written = first_difference(&stream, &content[..fed_total]).unwrap_or(fed_total);
+    assert!(
+        written as u64 >= completed_before_signal,
+        "the image holds dd's stream only up to {written}, but dd had completed \
+         {completed_before_signal} bytes before SIGTERM"
     );
+    if let Some(at) = content[written..].iter().position(|&byte| byte != 0) {
+        panic!(
+            "the image holds dd's stream up to {written}, then data that is not zero at {}",
+            written + at
+        );
+    }
 }
 
 /// A directory mountpoint shows the image inside it under its own name; the

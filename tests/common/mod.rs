@@ -63,68 +63,60 @@ pub fn skip_unless_fuse() -> bool {
     false
 }
 
-/// Runs the server with a command line it must reject and returns what went
-/// wrong, each line prefixed with `name`: it must exit with code 2 and print
-/// exactly one `fuse-export: ` line (or, when `clap_may_answer`, clap's usage
-/// error), leave nothing mounted at `mount` and create nothing at
-/// `must_not_exist` (which is removed if it was).
-pub fn rejected_command_line_failures(
-    dir: &TestDir,
-    name: &str,
-    args: &[OsString],
-    mount: &Path,
-    must_not_exist: &Path,
-    clap_may_answer: bool,
-) -> Vec<String> {
-    let mut failures = Vec::new();
-    // A fixed log level: the expectation is exactly one line, whatever
-    // RUST_LOG the developer has set.
-    let mut server = Server::spawn_with_env(dir, args, mount, &[("RUST_LOG", "info".as_ref())]);
-    let Some(status) = server.wait_for_exit(STOP_TIMEOUT) else {
-        // Dropping the guard stops the server and unmounts.
-        failures.push(format!("{name}: still running after {STOP_TIMEOUT:?}"));
-        return failures;
-    };
-    let stderr = server.stderr();
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .collect();
-    let one_clear_line = lines.len() == 1 && lines[0].starts_with("fuse-export: ");
-    let clap_error = clap_may_answer && stderr.starts_with("error:");
-    if status.code() != Some(2) || !(one_clear_line || clap_error) {
-        failures.push(format!("{name}: exit {status}, stderr:\n{stderr}"));
-    }
-    if is_mounted(mount) {
-        failures.push(format!(
-            "{name}: exited but left {} mounted",
-            mount.display()
-        ));
-    }
-    if must_not_exist.exists() {
-        failures.push(format!("{name}: left {} behind", must_not_exist.display()));
-        let _ = fs::remove_file(must_not_exist);
-    }
-    failures
+/// Whether this is a CI run (`CI` set, and not to `false` or `0`). There a
+/// missing tool or facility is a failure, not a skip: `make setup` installs
+/// everything the tests use, so a skip would only hide a broken setup.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !matches!(value.trim(), "" | "0" | "false"))
 }
 
-/// Whether every program in `tools` is installed; prints `SKIP:` if not.
+/// For a precondition of the machine that is missing: prints
+/// `SKIP: <test>: <reason>` and returns false, or fails the test under CI
+/// (see [`in_ci`]).
+#[track_caller]
+pub fn skip_unless_in_ci(reason: &str) -> bool {
+    let test = current_test_name();
+    assert!(
+        !in_ci(),
+        "{test}: {reason}; CI is set, so this fails instead of skipping"
+    );
+    eprintln!("SKIP: {test}: {reason}");
+    false
+}
+
+/// Whether every program in `tools` is installed; if not, prints `SKIP:`
+/// (or fails under CI, see [`in_ci`]).
 #[must_use]
+#[track_caller]
 pub fn require_tools(tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools
         .iter()
         .copied()
         .filter(|tool| find_in_path(tool).is_none())
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    eprintln!(
-        "SKIP: {}: {} not installed",
-        current_test_name(),
-        missing.join(", ")
-    );
-    false
+    missing.is_empty()
+        || skip_unless_in_ci(&format!(
+            "{} not installed (`make setup` installs it)",
+            missing.join(", ")
+        ))
+}
+
+/// A PATH for the server in which `fusermount3` is a shell wrapper in
+/// `<dir>/fusermount3-wrapper` that runs `prelude` (shell commands; `$*` are
+/// fusermount3's arguments, `$PPID` the server) and then the real
+/// fusermount3, which must be installed (see [`require_tools`]).
+pub fn path_with_fusermount3_wrapper(dir: &TestDir, prelude: &str) -> OsString {
+    use std::os::unix::fs::PermissionsExt;
+    let real = find_in_path("fusermount3").expect("fusermount3 is installed");
+    let bin = dir.join("fusermount3-wrapper");
+    fs::create_dir(&bin).expect("create the wrapper directory");
+    let wrapper = bin.join("fusermount3");
+    let script = format!("#!/bin/sh\n{prelude}\nexec '{}' \"$@\"\n", real.display());
+    write_file(&wrapper, script.as_bytes());
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod the wrapper");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+        .expect("PATH entries contain no ':'")
 }
 
 /// The first executable file named `program` in the `PATH` directories.
@@ -292,6 +284,15 @@ pub fn file_size(path: &Path) -> u64 {
     fs::metadata(path)
         .unwrap_or_else(|err| panic!("cannot stat {}: {err}", path.display()))
         .len()
+}
+
+/// Allocated bytes of a local file (st_blocks is in 512-byte units).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path)
+        .unwrap_or_else(|err| panic!("cannot stat {}: {err}", path.display()))
+        .blocks()
+        * 512
 }
 
 /// A heap buffer whose start is aligned for O_DIRECT, without `unsafe`:
@@ -553,6 +554,13 @@ pub fn with_timeout<T: Send + 'static>(
     receiver.recv_timeout(timeout).ok()
 }
 
+/// [`with_timeout`] with [`COMMAND_TIMEOUT`], failing the test (naming
+/// `what`) when `f` does not return in time.
+pub fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    with_timeout(COMMAND_TIMEOUT, f)
+        .unwrap_or_else(|| panic!("{what} did not return within {COMMAND_TIMEOUT:?}"))
+}
+
 /// Calls `check` every 10 ms until it returns `Some` or `timeout` passes.
 pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -741,6 +749,11 @@ impl<'dir> Server<'dir> {
 
     pub fn mount(&self) -> &Path {
         &self.mount
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the server wrote to stdout and stderr so far.
@@ -943,6 +956,234 @@ impl Drop for KillOnDrop {
         if self.try_wait().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Refused command lines
+
+/// Who refuses a command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// clap's usage error: `error: ...` (naming the option), a usage or
+    /// value hint, `For more information, try '--help'.`.
+    Clap,
+    /// The server's own check: exactly one line, `fuse-export: ...`.
+    Server,
+}
+
+/// A command line the server must refuse with exit code 2, before it
+/// creates or mounts anything.
+#[derive(Debug, Clone)]
+pub struct RefusedCommandLine {
+    /// For messages.
+    pub name: String,
+    pub args: Vec<OsString>,
+    /// Where the server would mount; it must never be mounted.
+    pub mount: PathBuf,
+    pub by: RefusedBy,
+    /// What the error must say (each must appear in it): the option, value
+    /// or path that is wrong and what is wrong with it. A failed mount or
+    /// some other refusal also exits with 2 and one line; this tells them
+    /// apart.
+    pub says: Vec<String>,
+}
+
+impl RefusedCommandLine {
+    /// `--image <image> --mount <mount> <extra>`, refused by `by` with an
+    /// error that contains every string in `says`.
+    pub fn new(
+        name: &str,
+        image: &Path,
+        mount: &Path,
+        extra: &[&str],
+        by: RefusedBy,
+        says: &[&str],
+    ) -> RefusedCommandLine {
+        let mut args: Vec<OsString> = vec![
+            "--image".into(),
+            image.into(),
+            "--mount".into(),
+            mount.into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        RefusedCommandLine {
+            name: name.to_owned(),
+            args,
+            mount: mount.to_path_buf(),
+            by,
+            says: says.iter().map(|&s| s.to_owned()).collect(),
+        }
+    }
+}
+
+/// Runs the server with `case` and returns what went wrong, each line
+/// prefixed with the case's name: the exit code must be 2 and the error
+/// the one `case.by` gives and contain `case.says`; the mountpoint must
+/// never be mounted (watched while the server runs, not only after it
+/// exits) and `fresh` (a path that does not exist yet, usually the
+/// mountpoint) must never be created, not even for a moment.
+pub fn refused_command_line_failures(
+    dir: &TestDir,
+    case: &RefusedCommandLine,
+    fresh: &Path,
+) -> Vec<String> {
+    let name = &case.name;
+    let mut failures = Vec::new();
+    let creation = CreationWatch::new(fresh);
+    // A fixed log level: the expectation is exact, whatever RUST_LOG the
+    // developer has set.
+    let mut server = Server::spawn_with_env(
+        dir,
+        &case.args,
+        &case.mount,
+        &[("RUST_LOG", "info".as_ref())],
+    );
+    let mut seen_mounted = false;
+    let status = poll_until(STOP_TIMEOUT, || {
+        seen_mounted |= is_mounted(&case.mount);
+        server.wait_for_exit(Duration::ZERO)
+    });
+    let stderr = server.stderr();
+    match status {
+        // Dropping the guard stops the server and unmounts.
+        None => failures.push(format!(
+            "{name}: still running after {STOP_TIMEOUT:?}; stderr:\n{stderr}"
+        )),
+        Some(status) => {
+            if let Some(problem) = refusal_problem(case, &stderr) {
+                failures.push(format!(
+                    "{name}: {problem}; exit {status}, stderr:\n{stderr}"
+                ));
+            } else if status.code() != Some(2) {
+                failures.push(format!(
+                    "{name}: exit {status} instead of 2; stderr:\n{stderr}"
+                ));
+            }
+        }
+    }
+    if seen_mounted || is_mounted(&case.mount) {
+        failures.push(format!("{name}: mounted {}", case.mount.display()));
+    }
+    if creation.was_created() {
+        failures.push(format!("{name}: created {}", fresh.display()));
+    }
+    if fresh.exists() {
+        let _ = fs::remove_file(fresh);
+    }
+    failures
+}
+
+/// What is wrong with `stderr` as `case`'s refusal, if anything.
+fn refusal_problem(case: &RefusedCommandLine, stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    // The part that must name what is wrong.
+    let message = match case.by {
+        RefusedBy::Server => {
+            let [line] = lines[..] else {
+                return Some(format!("{} lines instead of one", lines.len()));
+            };
+            if !line.starts_with("fuse-export: ") {
+                return Some("the line does not start with `fuse-export: `".into());
+            }
+            if line.starts_with("fuse-export: mounting") {
+                return Some("it got as far as mounting".into());
+            }
+            line
+        }
+        RefusedBy::Clap => {
+            let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
+                return Some("no output".into());
+            };
+            if !first.starts_with("error: ") || *last != "For more information, try '--help'." {
+                return Some("not clap's usage error".into());
+            }
+            first
+        }
+    };
+    let missing: Vec<&str> = case
+        .says
+        .iter()
+        .map(String::as_str)
+        .filter(|text| !message.contains(text))
+        .collect();
+    (!missing.is_empty()).then(|| format!("the error does not say {missing:?}"))
+}
+
+/// The older form of [`refused_command_line_failures`], for the tests that
+/// only know the arguments: exit 2 with one `fuse-export: ` line (or, when
+/// `clap_may_answer`, clap's usage error), never mounted, `must_not_exist`
+/// never created. Prefer [`RefusedCommandLine`], which also checks that the
+/// error names what was wrong.
+pub fn rejected_command_line_failures(
+    dir: &TestDir,
+    name: &str,
+    args: &[OsString],
+    mount: &Path,
+    must_not_exist: &Path,
+    clap_may_answer: bool,
+) -> Vec<String> {
+    let case = |by| RefusedCommandLine {
+        name: name.to_owned(),
+        args: args.to_vec(),
+        mount: mount.to_path_buf(),
+        by,
+        says: Vec::new(),
+    };
+    let as_server = refused_command_line_failures(dir, &case(RefusedBy::Server), must_not_exist);
+    if as_server.is_empty() || !clap_may_answer {
+        return as_server;
+    }
+    refused_command_line_failures(dir, &case(RefusedBy::Clap), must_not_exist)
+}
+
+/// Notices whether a file of a given name is created in a directory, even
+/// one that is removed again before anyone looks (inotify).
+#[derive(Debug)]
+pub struct CreationWatch {
+    inotify: rustix::fd::OwnedFd,
+    name: OsString,
+}
+
+impl CreationWatch {
+    /// Watches the directory of `path` for `path`'s name to appear.
+    pub fn new(path: &Path) -> CreationWatch {
+        use rustix::fs::inotify;
+        let directory = path.parent().expect("the path has a directory");
+        let name = path
+            .file_name()
+            .expect("the path has a file name")
+            .to_owned();
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+            .expect("inotify_init1");
+        inotify::add_watch(
+            &fd,
+            directory,
+            inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
+        )
+        .unwrap_or_else(|err| panic!("cannot watch {}: {err}", directory.display()));
+        CreationWatch { inotify: fd, name }
+    }
+
+    /// Whether the file was created (or moved in) since [`CreationWatch::new`].
+    pub fn was_created(&self) -> bool {
+        let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut events = rustix::fs::inotify::Reader::new(&self.inotify, &mut buffer);
+        let mut created = false;
+        loop {
+            match events.next() {
+                Ok(event) => {
+                    created |= event
+                        .file_name()
+                        .is_some_and(|name| name.to_bytes() == self.name.as_bytes());
+                }
+                Err(rustix::io::Errno::AGAIN) => return created,
+                Err(err) => panic!("cannot read inotify events: {err}"),
+            }
         }
     }
 }

@@ -86,19 +86,53 @@ struct FakeKernel {
     dir: Option<TempDir>,
 }
 
-/// Whether 1 MiB messages fit through the socketpair: SOCK_SEQPACKET
-/// messages are bounded by the socket buffers, and raising them past
-/// `net.core.wmem_max` needs CAP_NET_ADMIN.
-fn big_messages_possible(fds: [&OwnedFd; 2]) -> bool {
-    fds.iter().all(|fd| {
-        rustix::net::sockopt::set_socket_send_buffer_size_force(fd, 8 << 20).is_ok()
-            && rustix::net::sockopt::set_socket_recv_buffer_size_force(fd, 8 << 20).is_ok()
-    })
+/// The largest message of the tests that send whole 1 MiB requests and
+/// replies (header and WRITE arguments included, with room to spare).
+const LARGE_MESSAGES: usize = MAX_WRITE + 4096;
+/// The largest message of every other test; fits the default socket
+/// buffers (net.core.wmem_default, 208 KiB on common systems).
+const SMALL_MESSAGES: usize = 64 << 10;
+
+/// Makes room for messages of up to `largest` bytes on both ends of the
+/// socketpair, or says why there is none. A SOCK_SEQPACKET message must fit
+/// its sender's buffer (less 32 bytes of overhead); the buffers grow up to
+/// `net.core.wmem_max` for anyone and past it with CAP_NET_ADMIN.
+fn make_room_for(fds: [&OwnedFd; 2], largest: usize) -> Result<(), String> {
+    use rustix::net::sockopt;
+    const WANTED: usize = 8 << 20;
+    for fd in fds {
+        for forced in [true, false] {
+            let raised = if forced {
+                sockopt::set_socket_send_buffer_size_force(fd, WANTED)
+                    .and_then(|()| sockopt::set_socket_recv_buffer_size_force(fd, WANTED))
+            } else {
+                sockopt::set_socket_send_buffer_size(fd, WANTED)
+                    .and_then(|()| sockopt::set_socket_recv_buffer_size(fd, WANTED))
+            };
+            if raised.is_ok() {
+                break;
+            }
+        }
+        let send_buffer = sockopt::socket_send_buffer_size(fd).unwrap();
+        if send_buffer < largest + 32 {
+            return Err(format!(
+                "{largest}-byte SOCK_SEQPACKET messages do not fit a {send_buffer}-byte socket \
+                 buffer (without CAP_NET_ADMIN it stops at net.core.wmem_max)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl FakeKernel {
-    /// `None` (after printing why) when 1 MiB messages cannot be carried.
-    fn start(name: &str, size: usize, options: ExportOptions) -> Option<FakeKernel> {
+    /// `Err` (saying why) when messages of up to `largest` bytes cannot be
+    /// carried.
+    fn start(
+        name: &str,
+        size: usize,
+        options: ExportOptions,
+        largest: usize,
+    ) -> Result<FakeKernel, String> {
         let dir = TempDir::new(name);
         let image_path = dir.0.join("disk.raw");
         let initial: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
@@ -116,9 +150,7 @@ impl FakeKernel {
             None,
         )
         .unwrap();
-        if !big_messages_possible([&ours, &theirs]) {
-            return None;
-        }
+        make_room_for([&ours, &theirs], largest)?;
         let config = QueueConfig {
             reads: 4,
             max_in_flight: 64,
@@ -132,7 +164,7 @@ impl FakeKernel {
                 export.queue_handler(context)
             })
         });
-        Some(FakeKernel {
+        Ok(FakeKernel {
             socket: Some(ours),
             queue: Some(queue),
             image_path,
@@ -248,12 +280,19 @@ impl Drop for FakeKernel {
     }
 }
 
+/// Starts a [`FakeKernel`], or prints `SKIP: <test>: <reason>` and returns
+/// from the test when its messages (of up to `largest` bytes, default
+/// [`SMALL_MESSAGES`]) cannot be carried here.
 macro_rules! start_or_skip {
     ($name:expr, $size:expr, $options:expr) => {
-        match FakeKernel::start($name, $size, $options) {
-            Some(kernel) => kernel,
-            None => {
-                eprintln!("SKIP: 1 MiB SOCK_SEQPACKET messages need CAP_NET_ADMIN (run as root)");
+        start_or_skip!($name, $size, $options, SMALL_MESSAGES)
+    };
+    ($name:expr, $size:expr, $options:expr, $largest:expr) => {
+        match FakeKernel::start($name, $size, $options, $largest) {
+            Ok(kernel) => kernel,
+            Err(reason) => {
+                let thread = std::thread::current();
+                eprintln!("SKIP: {}: {reason}", thread.name().unwrap_or($name));
                 return;
             }
         }
@@ -275,7 +314,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn aligned_and_unaligned_writes_land_exactly() {
     let size = 8 << 20;
-    let mut kernel = start_or_skip!("exact", size, ExportOptions::default());
+    let mut kernel = start_or_skip!("exact", size, ExportOptions::default(), LARGE_MESSAGES);
     let mut shadow: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
     let cases: &[(u64, usize)] = &[
         (0, 4096),
@@ -420,7 +459,7 @@ fn malformed_and_unknown_requests_get_error_replies() {
 /// entries are reused, replies are encoded inline.
 #[test]
 fn steady_state_serves_without_allocating() {
-    let mut kernel = start_or_skip!("alloc", 16 << 20, ExportOptions::default());
+    let mut kernel = start_or_skip!("alloc", 16 << 20, ExportOptions::default(), LARGE_MESSAGES);
     let big = pattern(1 << 20, 1);
     let mid = pattern(65536, 2);
     let small = pattern(4096, 3);
@@ -469,15 +508,68 @@ fn small_writes_never_take_a_spill_tier() {
 
 #[test]
 fn shared_image_state_is_visible_to_the_export() {
-    // Export::attr reflects the image: size and the presented mode.
+    // Export::attr presents the image file as it is: its size, allocation
+    // and times, with the presented mode and owner, one link, the root's
+    // inode and a block size fit for O_DIRECT on it; and it follows what
+    // happens to the file behind the export's back.
     let dir = TempDir::new("attr");
     let path = dir.0.join("a.raw");
-    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    // Sparse, so that the block count is not just size / 512.
+    let file = std::fs::File::create_new(&path).unwrap();
+    file.set_len(1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[1u8; 8192], 0).unwrap();
     let image = Image::open(&path, true, CacheMode::None).unwrap();
     let export = Export::new(image, MAX_WRITE, ExportOptions::default());
-    let attr = export.attr().unwrap();
-    assert_eq!(attr.size, 8192);
-    assert_eq!(attr.mode, libc_mode_regular() | 0o400);
+    let matches_the_file = |when: &str| {
+        let attr = export.attr().unwrap();
+        let stat = rustix::fs::stat(&path).unwrap();
+        let times = |attr: &fuse_proto::abi::Attr| {
+            [
+                (attr.atime, attr.atimensec),
+                (attr.mtime, attr.mtimensec),
+                (attr.ctime, attr.ctimensec),
+            ]
+        };
+        let file_times = [
+            (stat.st_atime as u64, stat.st_atime_nsec as u32),
+            (stat.st_mtime as u64, stat.st_mtime_nsec as u32),
+            (stat.st_ctime as u64, stat.st_ctime_nsec as u32),
+        ];
+        assert_eq!(attr.size, 1 << 20, "size {when}");
+        assert_eq!(attr.blocks, stat.st_blocks as u64, "blocks {when}");
+        assert_eq!(times(&attr), file_times, "atime, mtime, ctime {when}");
+        assert_eq!(attr.mode, libc_mode_regular() | 0o400, "mode {when}");
+        assert_eq!(attr.nlink, 1, "nlink {when}");
+        assert_eq!(
+            (attr.uid, attr.gid),
+            (
+                rustix::process::getuid().as_raw(),
+                rustix::process::getgid().as_raw()
+            ),
+            "owner {when}"
+        );
+        assert_eq!(attr.ino, fuse_proto::ROOT_ID, "ino {when}");
+        assert!(
+            attr.blksize >= 4096
+                && u64::from(attr.blksize).is_multiple_of(export.image().alignment()),
+            "blksize {} {when} (alignment {})",
+            attr.blksize,
+            export.image().alignment()
+        );
+        (attr.blocks, attr.mtime)
+    };
+    let (blocks_before, _) = matches_the_file("as opened");
+
+    // Another writer fills a hole and sets the modification time.
+    std::os::unix::fs::FileExt::write_all_at(&file, &[2u8; 65536], 512 << 10).unwrap();
+    let modified = std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
+    file.set_modified(modified).unwrap();
+    let (blocks_after, mtime_after) = matches_the_file("after another writer");
+    assert!(
+        blocks_after > blocks_before,
+        "the attributes did not follow the new allocation ({blocks_before} -> {blocks_after})"
+    );
+    assert_eq!(mtime_after, 1_000_000_000, "mtime after set_modified");
     let _keep: Arc<Export> = export;
 }
 

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "alloc-count")]
 mod alloc_count;
+mod readiness;
 
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
@@ -14,10 +15,24 @@ use std::process::ExitCode;
 use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image};
 use clap::{Parser, ValueEnum};
 use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
+use readiness::PidFile;
+
+/// The examples at the end of `--help` (the README has more).
+const EXAMPLES: &str = "\
+Examples:
+  # Serve disk.raw as the file /mnt/disk.img until Ctrl-C, SIGTERM or umount
+  fuse-export --image disk.raw --mount /mnt/disk.img
+
+  # Read-only, as /mnt/images/disk.raw inside an existing directory
+  fuse-export --image disk.raw --mount /mnt/images --read-only
+
+  # In a script: the pidfile appears once the export can be used
+  fuse-export --image disk.raw --mount /mnt/disk.img --pidfile /run/disk.pid &
+  while [ ! -e /run/disk.pid ]; do kill -0 $! || exit 1; sleep 0.1; done";
 
 /// Serve a raw disk image as a regular file through FUSE (io_uring, O_DIRECT).
 #[derive(Debug, Parser)]
-#[command(name = "fuse-export", version, about)]
+#[command(name = "fuse-export", version, about, after_help = EXAMPLES)]
 struct Args {
     /// The raw image file to serve.
     #[arg(long, value_name = "PATH")]
@@ -86,6 +101,12 @@ struct Args {
     /// write of up to the first bound takes only the first tier.
     #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
     spill_tiers: Option<Vec<usize>>,
+
+    /// Write the process id to PATH once the export is mounted and the
+    /// kernel knows its size; removed at exit. (With NOTIFY_SOCKET set, as
+    /// under systemd's Type=notify, READY=1 is sent at the same moment.)
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -257,6 +278,14 @@ fn run(args: Args) -> Result<(), Failure> {
         SpillLayout::new(args.max_write, bounds)
             .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?;
     }
+    // Before anything is mounted: a pidfile that cannot be written is a
+    // usage error, not something a script finds out by waiting forever.
+    let mut pidfile = args
+        .pidfile
+        .as_deref()
+        .map(PidFile::prepare)
+        .transpose()
+        .map_err(Failure::usage)?;
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let directory_entry = match &mountpoint {
         Mountpoint::File { .. } => None,
@@ -266,6 +295,11 @@ fn run(args: Args) -> Result<(), Failure> {
             })?;
             Some(name.as_encoded_bytes().to_vec())
         }
+    };
+    // The file clients use: the mount root, or the image's entry in it.
+    let exported_file = match &directory_entry {
+        Some(name) => args.mountpoint.join(std::ffi::OsStr::from_bytes(name)),
+        None => args.mountpoint.clone(),
     };
 
     // Signals first, so that a Ctrl-C during start-up still ends cleanly.
@@ -336,10 +370,9 @@ fn run(args: Args) -> Result<(), Failure> {
             }
         },
     };
-    if let Some(name) = &directory_entry {
+    if directory_entry.is_some() {
         // The kernel learns the size from a stat of the file, not the directory.
-        let name = std::ffi::OsStr::from_bytes(name);
-        session.set_stat_path(args.mountpoint.join(name));
+        session.set_stat_path(exported_file.clone());
     }
     let options = ExportOptions {
         growable: args.growable,
@@ -364,41 +397,50 @@ fn run(args: Args) -> Result<(), Failure> {
         })
         .map_err(|err| Failure::runtime(format!("starting queues: {err}")))?;
     let image = export.image();
-    let mut traits = vec![if image.is_direct() {
-        format!("O_DIRECT, alignment {}", image.alignment())
-    } else {
-        "buffered".to_string()
-    }];
-    if image.is_read_only() {
-        traits.push("read-only".into());
-    }
-    if args.growable {
-        traits.push("growable".into());
-    }
-    if passthrough.is_some() {
-        traits.push("passthrough".into());
-    }
     log::info!(
-        "serving {} ({} bytes, {}) at {}; max_write {max_write}, {layout:?}, {queues} queue(s)",
+        "serving {} ({} bytes; {}) at {}: {queues} {}, writes of up to {}, {}",
         image.path().display(),
         image.size(),
-        traits.join(", "),
+        describe_image(image, args.growable, passthrough.is_some()),
         args.mountpoint.display(),
+        if queues == 1 { "queue" } else { "queues" },
+        describe_size(max_write),
+        describe_spill_over(&layout, max_write),
     );
 
-    crossbeam_channel::select! {
-        recv(signal_rx) -> signal => {
-            if let Ok(signal) = signal {
-                log::info!("signal {signal}: finishing requests in flight and unmounting");
+    // Session::start has stat'ed the exported file, so the kernel knows its
+    // size; only now may anyone be told to use it.
+    let status = format!(
+        "serving {} at {}",
+        image.path().display(),
+        exported_file.display()
+    );
+    let startup_failure = announce_ready(&exported_file, pidfile.as_mut(), &status).err();
+    if startup_failure.is_none() {
+        crossbeam_channel::select! {
+            recv(signal_rx) -> signal => {
+                if let Ok(signal) = signal {
+                    let name = match signal {
+                        signal_hook::consts::SIGINT => "SIGINT",
+                        signal_hook::consts::SIGTERM => "SIGTERM",
+                        _ => "a signal",
+                    };
+                    log::info!("{name}: finishing requests in flight and unmounting");
+                }
             }
+            recv(running.ended()) -> _ => log::info!("connection ended; shutting down"),
         }
-        recv(running.ended()) -> _ => log::info!("connection ended; shutting down"),
     }
+    readiness::notify_stopping();
     let result = running.shutdown();
     signal_handle.close();
     let _ = signal_thread.join();
     let synced = export.image().sync();
     drop(mountpoint);
+    drop(pidfile);
+    if let Some(failure) = startup_failure {
+        return Err(failure);
+    }
     let reports = result.map_err(|err| Failure::runtime(format!("serving failed: {err}")))?;
     for report in &reports {
         log::debug!("{report:?}");
@@ -407,6 +449,90 @@ fn run(args: Args) -> Result<(), Failure> {
     alloc_count::log_totals();
     synced.map_err(|err| Failure::runtime(format!("flushing the image: {err}")))?;
     Ok(())
+}
+
+/// Checks that the export answers (a stat of the exported file), then
+/// publishes the pidfile and tells the service manager.
+fn announce_ready(
+    exported_file: &Path,
+    pidfile: Option<&mut PidFile>,
+    status: &str,
+) -> Result<(), Failure> {
+    // Session::start's own stat only logs a failure; one that fails here
+    // means the export cannot be used, so nobody is told it can.
+    std::fs::metadata(exported_file).map_err(|err| {
+        Failure::runtime(format!(
+            "the export does not answer: stat {}: {err}",
+            exported_file.display()
+        ))
+    })?;
+    if let Some(pidfile) = pidfile {
+        pidfile.publish().map_err(|err| {
+            Failure::runtime(format!(
+                "writing pidfile {}: {err}",
+                pidfile.path().display()
+            ))
+        })?;
+    }
+    readiness::notify_ready(status);
+    Ok(())
+}
+
+/// How the image is served, in words: "O_DIRECT, 512-byte alignment,
+/// growable".
+fn describe_image(image: &Image, growable: bool, passthrough: bool) -> String {
+    let mut traits = vec![if image.is_direct() {
+        format!("O_DIRECT, {}-byte alignment", image.alignment())
+    } else {
+        "buffered".to_string()
+    }];
+    if image.is_read_only() {
+        traits.push("read-only".into());
+    }
+    if growable {
+        traits.push("growable".into());
+    }
+    if passthrough {
+        traits.push("passthrough".into());
+    }
+    traits.join(", ")
+}
+
+/// `bytes` as "1 MiB", "64 KiB" or "1000 bytes".
+fn describe_size(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// The spill-over layout in words, as the write sizes each tier serves:
+/// "spill-over in 2 tiers, for writes of up to 64 KiB and 1 MiB".
+fn describe_spill_over(layout: &SpillLayout, max_write: usize) -> String {
+    // A write's payload fills the in-place page first, then tier by tier.
+    let mut reach = fuse_dev::PAGE_SIZE;
+    let bounds: Vec<String> = layout
+        .tiers()
+        .iter()
+        .map(|tier| {
+            reach += tier;
+            describe_size(reach.min(max_write))
+        })
+        .collect();
+    match bounds.as_slice() {
+        [] => "no spill-over".to_string(),
+        [only] => format!("spill-over in 1 tier, for writes of up to {only}"),
+        [first @ .., last] => format!(
+            "spill-over in {} tiers, for writes of up to {} and {last}",
+            bounds.len(),
+            first.join(", ")
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +547,30 @@ mod tests {
         assert!(parse_size("1G").is_err());
         assert!(parse_size("x").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn spill_over_is_described_by_the_writes_each_tier_serves() {
+        let layout = SpillLayout::default_for(1 << 20);
+        assert_eq!(
+            describe_spill_over(&layout, 1 << 20),
+            "spill-over in 2 tiers, for writes of up to 64 KiB and 1 MiB"
+        );
+        let layout = SpillLayout::new(1 << 20, &[16 << 10, 256 << 10]).unwrap();
+        assert_eq!(
+            describe_spill_over(&layout, 1 << 20),
+            "spill-over in 3 tiers, for writes of up to 16 KiB, 256 KiB and 1 MiB"
+        );
+        // The last tier may be larger than max_write needs (the kernel's
+        // 8 KiB minimum read); it still serves writes of up to max_write.
+        let layout = SpillLayout::default_for(4096);
+        assert_eq!(
+            describe_spill_over(&layout, 4096),
+            "spill-over in 1 tier, for writes of up to 4 KiB"
+        );
+        assert_eq!(describe_size(1000), "1000 bytes");
+        assert_eq!(describe_size(3 << 20), "3 MiB");
+        assert_eq!(describe_size(1536 << 10), "1536 KiB");
     }
 
     #[test]

@@ -548,8 +548,27 @@ mod tests {
 
     #[test]
     fn create_reply_carries_entry_then_open() {
-        let reply = Reply::create(4, &EntryOut::default(), &OpenOut::default());
+        // Distinct, non-zero values, so that the order and offsets show.
+        let entry = EntryOut {
+            nodeid: 0x1111,
+            attr_valid: 7,
+            ..EntryOut::default()
+        };
+        let open = OpenOut {
+            fh: 0x2222,
+            open_flags: 3,
+            backing_id: 0,
+        };
+        let reply = Reply::create(4, &entry, &open);
         assert_eq!(reply.total_len(), 16 + 128 + 16);
+        let bytes = reply.as_bytes();
+        assert_eq!(bytes.len(), 16 + 128 + 16);
+        assert_eq!(
+            &bytes[16..16 + 128],
+            entry.as_bytes(),
+            "fuse_entry_out first"
+        );
+        assert_eq!(&bytes[16 + 128..], open.as_bytes(), "then fuse_open_out");
     }
 
     #[test]
