@@ -424,6 +424,36 @@ fn overlapping_writes_in_flight_never_resurrect_old_bytes() {
     }
 }
 
+/// A growing write that starts inside a block past the end and ends on a
+/// block boundary stays O_DIRECT: the partial head block is zeros without
+/// a read, and the gap before it reads as zeros too.
+#[test]
+fn growing_write_with_an_unaligned_start_past_the_end() {
+    let size = 1 << 20;
+    let options = ExportOptions {
+        growable: true,
+        ..ExportOptions::default()
+    };
+    let mut kernel = start_or_skip!("grow-unaligned-start", size, options);
+    let offset = size as u64 + 8192 + 100;
+    let data = pattern(4096 - 100, 11);
+    assert_eq!(kernel.write(offset, &data), data.len() as u32);
+    assert!(
+        kernel.export.image().is_direct(),
+        "an aligned end keeps O_DIRECT"
+    );
+    assert_eq!(kernel.export.image().size(), size as u64 + 3 * 4096);
+    let gap = kernel.read(size as u64, 8192 + 100);
+    assert!(
+        gap.iter().all(|&b| b == 0),
+        "the gap before the write reads zeros"
+    );
+    assert!(kernel.read(offset, data.len() as u32) == data);
+    let (_, image) = kernel.finish();
+    assert_eq!(image.len(), size + 3 * 4096);
+    assert!(image[size..size + 8192 + 100].iter().all(|&b| b == 0));
+}
+
 /// A resize that has to wait for a write in flight applies its mode change
 /// when it runs, on top of what changed meanwhile: a chown answered while
 /// it waited stays.
