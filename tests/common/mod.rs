@@ -1187,3 +1187,164 @@ impl CreationWatch {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Clients that stay open
+
+/// A client driven command by command through its stdin (`qemu-io` without
+/// `-c`, a small script), so that it holds its files open while the test
+/// does something else in between. Its stdout and stderr are read as one
+/// stream; a command's answer is everything up to the next `prompt`.
+/// Killed and reaped on drop.
+#[derive(Debug)]
+pub struct Interactive {
+    process: KillOnDrop,
+    stdin: Option<std::process::ChildStdin>,
+    output: mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    prompt: String,
+    shown: String,
+}
+
+impl Interactive {
+    /// Starts `command` and waits for its first `prompt`. The command
+    /// keeps a copy of the output pipe until it is dropped, so pass a
+    /// temporary: the answer to a client that died is only complete once
+    /// every copy is closed.
+    pub fn spawn(command: &mut Command, prompt: &str) -> Interactive {
+        let shown = describe(command);
+        let (reader, writer) = io::pipe().expect("cannot create a pipe");
+        let writer_too = writer.try_clone().expect("cannot duplicate a pipe");
+        let mut process = KillOnDrop::spawn(
+            command
+                .stdin(Stdio::piped())
+                .stdout(writer)
+                .stderr(writer_too),
+        );
+        // Dropping the command closes our copies of the pipe's write end,
+        // so the reader sees EOF when the client exits.
+        let stdin = process.child.stdin.take();
+        let (sender, output) = mpsc::channel();
+        thread::spawn(move || {
+            let mut reader = reader;
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut chunk) {
+                if n == 0 || sender.send(chunk[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = Interactive {
+            process,
+            stdin,
+            output,
+            pending: Vec::new(),
+            prompt: prompt.to_owned(),
+            shown,
+        };
+        client.answer();
+        client
+    }
+
+    /// Sends `line` and returns its answer (without the prompt). If the
+    /// client exits instead (a crash, a signal), returns what it printed,
+    /// followed by its exit status.
+    pub fn ask(&mut self, line: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("the client's stdin is open");
+        let sent = stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush());
+        if let Err(err) = sent {
+            return format!("<cannot send {line:?}: {err}>");
+        }
+        self.answer()
+    }
+
+    /// Output up to the next prompt, or to EOF with the exit status.
+    fn answer(&mut self) -> String {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let prompt = self.prompt.as_bytes();
+        loop {
+            if let Some(at) = self
+                .pending
+                .windows(prompt.len())
+                .position(|window| window == prompt)
+            {
+                let text = String::from_utf8_lossy(&self.pending[..at]).into_owned();
+                self.pending.drain(..at + prompt.len());
+                return text;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.pending.extend_from_slice(&chunk),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let text = String::from_utf8_lossy(&self.pending).into_owned();
+                    self.pending.clear();
+                    let status = self.process.wait_for_exit(STOP_TIMEOUT);
+                    return format!("{text}<exited: {status:?}>");
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "`{}` gave no prompt within {COMMAND_TIMEOUT:?}; so far: {:?}",
+                    self.shown,
+                    String::from_utf8_lossy(&self.pending)
+                ),
+            }
+        }
+    }
+
+    /// Closes stdin and waits for the client to exit.
+    pub fn finish(mut self) -> Option<ExitStatus> {
+        drop(self.stdin.take());
+        self.process.wait_for_exit(COMMAND_TIMEOUT)
+    }
+}
+
+/// A scratch tmpfs of `size` bytes mounted on `dir` (which must exist):
+/// a filesystem that fills up, for tests of what a full disk does.
+/// Unmounted on drop.
+#[derive(Debug)]
+pub struct SmallFilesystem {
+    mountpoint: PathBuf,
+}
+
+impl SmallFilesystem {
+    pub fn mount(dir: &Path, size: u64) -> SmallFilesystem {
+        let options = std::ffi::CString::new(format!("size={size},mode=0755"))
+            .expect("mount options have no NUL");
+        rustix::mount::mount(
+            "fuse-export-test",
+            dir,
+            "tmpfs",
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            options.as_c_str(),
+        )
+        .unwrap_or_else(|err| panic!("cannot mount a tmpfs on {}: {err}", dir.display()));
+        SmallFilesystem {
+            mountpoint: dir.to_path_buf(),
+        }
+    }
+
+    /// Fills the free space with a file named `name`.
+    pub fn fill(&self, name: &str) {
+        let path = self.mountpoint.join(name);
+        let mut file = File::create_new(&path)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", path.display()));
+        let chunk = vec![0x55; 64 * KIB as usize];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) if errno_of(&err) == Some(rustix::io::Errno::NOSPC) => break,
+                Err(err) => panic!("cannot fill {}: {err}", path.display()),
+            }
+        }
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        if let Err(err) = rustix::mount::unmount(&self.mountpoint, UnmountFlags::DETACH) {
+            eprintln!("umount -l {} failed: {err}", self.mountpoint.display());
+        }
+    }
+}

@@ -70,6 +70,28 @@ pub struct Presentation {
     pub gid: u32,
 }
 
+/// The owner/mode fields a SETATTR asks to change; the others stay as they
+/// are when it is applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PresentationChange {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+}
+
+impl PresentationChange {
+    fn apply(self, to: Presentation) -> Presentation {
+        Presentation {
+            mode: self.mode.unwrap_or(to.mode),
+            uid: self.uid.unwrap_or(to.uid),
+            gid: self.gid.unwrap_or(to.gid),
+        }
+    }
+}
+
 /// State shared by every queue.
 #[derive(Debug)]
 pub struct Export {
@@ -126,8 +148,8 @@ impl Export {
         self.options.directory_entry.is_some() && nodeid == fuse_proto::ROOT_ID
     }
 
-    /// The range locks.
-    pub(crate) fn locks(&self) -> &RangeLocks {
+    /// The range locks (public so that tests can hold one from outside).
+    pub fn locks(&self) -> &RangeLocks {
         &self.locks
     }
 
@@ -141,21 +163,29 @@ impl Export {
         *self.presentation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn set_presentation(&self, presentation: Presentation) {
-        *self.presentation.lock().unwrap_or_else(|p| p.into_inner()) = presentation;
+    /// Applies `change` to what the file shows now.
+    pub(crate) fn change_presentation(&self, change: PresentationChange) {
+        let mut shown = self.presentation.lock().unwrap_or_else(|p| p.into_inner());
+        *shown = change.apply(*shown);
+    }
+
+    /// The image size as it is now. With passthrough the kernel writes the
+    /// image itself and may have extended it, so the file is asked;
+    /// otherwise only this export changes the size and the cached value is
+    /// exact.
+    pub(crate) fn current_size(&self) -> std::io::Result<u64> {
+        if self.options.passthrough.is_some() {
+            self.image.refresh_size()
+        } else {
+            Ok(self.image.size())
+        }
     }
 
     /// The file's attributes as the kernel should see them.
     pub fn attr(&self) -> std::io::Result<Attr> {
         let stat = self.image.stat()?;
         let shown = self.presentation();
-        // With passthrough the kernel writes the image directly and may
-        // extend it; the file itself is then the only truth about the size.
-        let size = if self.options.passthrough.is_some() {
-            self.image.refresh_size()?
-        } else {
-            self.image.size()
-        };
+        let size = self.current_size()?;
         Ok(Attr {
             ino: self.file_ino(),
             size,

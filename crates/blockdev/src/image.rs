@@ -227,16 +227,23 @@ impl Image {
         Ok(())
     }
 
-    /// Grows the image to at least `size` (zero-filled, sparse); never shrinks.
-    pub fn grow_to(&self, size: u64) -> io::Result<()> {
+    /// Readies the image for a write that will extend it to `end`. The
+    /// write itself extends the file; the size is only taken over once it
+    /// is done ([`Image::grew_to`]), so nothing changes here but the I/O
+    /// mode: O_DIRECT cannot write a partial last block, so an `end` that
+    /// is not a multiple of the alignment switches to buffered I/O first.
+    pub fn prepare_growth(&self, end: u64) -> io::Result<()> {
         let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
-        if size <= self.size() {
-            return Ok(());
+        self.keep_size_aligned(end)
+    }
+
+    /// A write that extended the file to `end` is done: the size is at
+    /// least `end` now (never shrinks; writes finish in any order).
+    pub fn grew_to(&self, end: u64) {
+        let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
+        if end > self.size() {
+            self.size.store(end, Ordering::Release);
         }
-        self.keep_size_aligned(size)?;
-        rustix::fs::ftruncate(&self.fd, size)?;
-        self.size.store(size, Ordering::Release);
-        Ok(())
     }
 
     /// Re-reads the size after an operation that may have changed it

@@ -9,7 +9,14 @@
 //!
 //! Nothing blocks: a request that cannot lock is parked by its queue, and
 //! the queue is woken when a lock it waited for goes away.
+//!
+//! Whole-image locks (resizes, fallocates that may grow) are served first
+//! come, first served: one that has to wait leaves a [`Reservation`], and
+//! while any reservation is queued no new lock is granted, so a steady
+//! stream of writes cannot keep a resize waiting. The writes in flight
+//! finish, the resize runs, and the parked writes follow.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 /// Identifies a held lock.
@@ -23,12 +30,41 @@ struct Held {
     id: LockId,
 }
 
+/// A queued whole-image waiter: the caller keeps it and presents it again
+/// on every retry, until the lock is granted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reservation {
+    id: u64,
+}
+
+#[derive(Debug)]
+struct Queued {
+    id: u64,
+    /// The queue that parked the waiter (to drop what a dead queue leaves).
+    queue: usize,
+}
+
 #[derive(Debug, Default)]
 struct State {
     held: Vec<Held>,
     next_id: u64,
+    /// Whole-image waiters, oldest first.
+    reserved: VecDeque<Queued>,
     /// Bit `q` set: queue `q` parked a request on a conflict.
     waiting_queues: u64,
+}
+
+impl State {
+    fn grant(&mut self, start: u64, end: u64) -> LockId {
+        self.next_id += 1;
+        let id = LockId(self.next_id);
+        self.held.push(Held { start, end, id });
+        id
+    }
+
+    fn wait(&mut self, queue: usize) {
+        self.waiting_queues |= 1 << (queue % MAX_QUEUES);
+    }
 }
 
 /// The most queues whose waits can be tracked (one bit each).
@@ -54,19 +90,54 @@ impl RangeLocks {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Locks `[start, end)` if nothing overlapping is held. On a conflict,
-    /// records that `queue` waits and returns `None`.
+    /// Locks `[start, end)` if nothing overlapping is held and no
+    /// whole-image waiter is queued. Otherwise records that `queue` waits
+    /// and returns `None`.
     pub fn try_lock(&self, start: u64, end: u64, queue: usize) -> Option<LockId> {
         let mut state = self.state();
         let conflict = state.held.iter().any(|h| h.start < end && start < h.end);
-        if conflict {
-            state.waiting_queues |= 1 << (queue % MAX_QUEUES);
+        if conflict || !state.reserved.is_empty() {
+            state.wait(queue);
             return None;
         }
-        state.next_id += 1;
-        let id = LockId(state.next_id);
-        state.held.push(Held { start, end, id });
-        Some(id)
+        Some(state.grant(start, end))
+    }
+
+    /// Locks the whole image once nothing is held and every older
+    /// whole-image waiter has had its turn. A caller that has to wait gets
+    /// a reservation in `waiting` (which holds off new locks) and passes it
+    /// back on each retry; it is consumed when the lock is granted.
+    pub fn try_lock_all(&self, queue: usize, waiting: &mut Option<Reservation>) -> Option<LockId> {
+        let mut state = self.state();
+        let first = match (waiting.as_ref(), state.reserved.front()) {
+            (_, None) => true,
+            (Some(mine), Some(oldest)) => mine.id == oldest.id,
+            (None, Some(_)) => false,
+        };
+        if first && state.held.is_empty() {
+            if waiting.take().is_some() {
+                state.reserved.pop_front();
+            }
+            return Some(state.grant(0, u64::MAX));
+        }
+        if waiting.is_none() {
+            state.next_id += 1;
+            let id = state.next_id;
+            state.reserved.push_back(Queued { id, queue });
+            *waiting = Some(Reservation { id });
+        }
+        state.wait(queue);
+        None
+    }
+
+    /// Drops every reservation left by `queue` (a queue that ended, e.g. by
+    /// a panic, without retrying what it parked), so that it cannot hold
+    /// off the other queues' writes for good. Returns the queues to wake,
+    /// like [`RangeLocks::unlock`].
+    pub fn cancel_queue(&self, queue: usize) -> u64 {
+        let mut state = self.state();
+        state.reserved.retain(|queued| queued.queue != queue);
+        std::mem::take(&mut state.waiting_queues)
     }
 
     /// Releases a lock. Returns the set of queues (bit mask) that were
@@ -102,6 +173,60 @@ mod tests {
         assert_eq!(locks.unlock(a), 0b10);
         assert_eq!(locks.unlock(b), 0);
         assert_eq!(locks.held(), 0);
+    }
+
+    #[test]
+    fn a_waiting_resize_holds_off_new_locks_until_it_ran() {
+        let locks = RangeLocks::new();
+        let write = locks.try_lock(0, 4096, 0).unwrap();
+        let mut resize = None;
+        assert!(locks.try_lock_all(1, &mut resize).is_none());
+        assert!(resize.is_some(), "a waiting resize keeps a reservation");
+        // A write that does not overlap the one in flight still waits.
+        assert!(
+            locks.try_lock(8192, 12288, 2).is_none(),
+            "a new write overtook the waiting resize"
+        );
+        assert_eq!(locks.unlock(write), 0b110);
+        let all = locks.try_lock_all(1, &mut resize).unwrap();
+        assert!(resize.is_none(), "the reservation is used up");
+        assert!(locks.try_lock(8192, 12288, 2).is_none());
+        assert_eq!(locks.unlock(all), 0b100);
+        assert!(locks.try_lock(8192, 12288, 2).is_some());
+    }
+
+    #[test]
+    fn whole_image_waiters_take_turns_in_arrival_order() {
+        let locks = RangeLocks::new();
+        let write = locks.try_lock(0, 4096, 0).unwrap();
+        let (mut first, mut second) = (None, None);
+        assert!(locks.try_lock_all(1, &mut first).is_none());
+        assert!(locks.try_lock_all(2, &mut second).is_none());
+        locks.unlock(write);
+        assert!(
+            locks.try_lock_all(2, &mut second).is_none(),
+            "the younger waiter went first"
+        );
+        let lock = locks.try_lock_all(1, &mut first).unwrap();
+        locks.unlock(lock);
+        let lock = locks.try_lock_all(2, &mut second).unwrap();
+        locks.unlock(lock);
+        assert!(locks.try_lock(0, 1, 0).is_some());
+    }
+
+    #[test]
+    fn reservations_of_an_ended_queue_are_dropped() {
+        let locks = RangeLocks::new();
+        let write = locks.try_lock(0, 4096, 0).unwrap();
+        let (mut live, mut dead) = (None, None);
+        assert!(locks.try_lock_all(3, &mut dead).is_none());
+        assert!(locks.try_lock_all(1, &mut live).is_none());
+        assert_eq!(locks.cancel_queue(3), 0b1010);
+        locks.unlock(write);
+        // The live waiter is now first in line.
+        let lock = locks.try_lock_all(1, &mut live).unwrap();
+        locks.unlock(lock);
+        assert!(locks.try_lock(8192, 12288, 2).is_some());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image};
-use fuse_dev::{QueueConfig, QueueReport, SpillLayout};
+use fuse_dev::{QueueConfig, QueueReport, SpillLayout, Waker};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 /// Counts allocations made by threads that opted in (the queue thread).
@@ -57,6 +57,15 @@ const MAX_WRITE: usize = 1 << 20;
 const WRITE: u32 = 16;
 const READ: u32 = 15;
 const GETATTR: u32 = 3;
+const SETATTR: u32 = 4;
+/// `FATTR_*` bits of `fuse_setattr_in.valid`.
+const FATTR_MODE: u32 = 1;
+const FATTR_UID: u32 = 2;
+const FATTR_SIZE: u32 = 8;
+/// Offsets in a `fuse_attr_out` reply of the size, mode and uid.
+const ATTR_OUT_SIZE: usize = 16 + 8;
+const ATTR_OUT_MODE: usize = 16 + 60;
+const ATTR_OUT_UID: usize = 16 + 68;
 
 struct TempDir(PathBuf);
 
@@ -84,6 +93,10 @@ struct FakeKernel {
     image_path: PathBuf,
     next_unique: u64,
     dir: Option<TempDir>,
+    /// The export the queue serves (to hold range locks from outside).
+    export: Arc<Export>,
+    /// Makes the queue retry what it parked.
+    waker: Waker,
 }
 
 /// The largest message of the tests that send whole 1 MiB requests and
@@ -158,18 +171,24 @@ impl FakeKernel {
             pool_cap: 64,
         };
         let backing = vec![export.image().raw_fd()];
+        let served = export.clone();
+        let (waker_tx, waker_rx) = std::sync::mpsc::channel();
         let queue = std::thread::spawn(move || {
             COUNT_HERE.with(|c| c.set(true));
             fuse_dev::serve_fd(theirs, config, backing, |context| {
-                export.queue_handler(context)
+                let _ = waker_tx.send(context.wakers[0].clone());
+                served.queue_handler(context)
             })
         });
+        let waker = waker_rx.recv().expect("the queue hands out its waker");
         Ok(FakeKernel {
             socket: Some(ours),
             queue: Some(queue),
             image_path,
             next_unique: 2,
             dir: Some(dir),
+            export,
+            waker,
         })
     }
 
@@ -219,6 +238,15 @@ impl FakeKernel {
         args.extend_from_slice(&size.to_ne_bytes());
         args.extend_from_slice(&[0u8; 20]);
         self.send(READ, &args, &[])
+    }
+
+    fn send_setattr(&mut self, valid: u32, size: u64, mode: u32, uid: u32) -> u64 {
+        let mut args = vec![0u8; 88];
+        args[0..4].copy_from_slice(&valid.to_ne_bytes());
+        args[16..24].copy_from_slice(&size.to_ne_bytes());
+        args[68..72].copy_from_slice(&mode.to_ne_bytes());
+        args[76..80].copy_from_slice(&uid.to_ne_bytes());
+        self.send(SETATTR, &args, &[])
     }
 
     /// The next reply: (unique, error, payload). Fails after 10 s.
@@ -362,7 +390,11 @@ fn writes_past_the_end_are_short_and_reads_stop_there() {
     let size = 1 << 20;
     let mut kernel = start_or_skip!("eof", size, ExportOptions::default());
     assert_eq!(kernel.write(size as u64 - 4096, &[7u8; 8192]), 4096);
-    assert_eq!(kernel.write(size as u64, &[7u8; 4096]), 0);
+    // Nothing fits: ENOSPC (a 0-byte write is EIO for asynchronous clients).
+    for offset in [size as u64, size as u64 + 12345] {
+        let unique = kernel.send_write(offset, &[7u8; 4096]);
+        assert_eq!(kernel.recv(), (unique, -28, vec![]), "write at {offset}");
+    }
     assert_eq!(kernel.read(size as u64 - 100, 4096).len(), 100);
     assert!(kernel.read(size as u64, 4096).is_empty());
     let (_, image) = kernel.finish();
@@ -429,6 +461,93 @@ fn overlapping_writes_in_flight_never_resurrect_old_bytes() {
             );
         }
     }
+}
+
+/// A growing write that starts inside a block past the end and ends on a
+/// block boundary stays O_DIRECT: the partial head block is zeros without
+/// a read, and the gap before it reads as zeros too.
+#[test]
+fn growing_write_with_an_unaligned_start_past_the_end() {
+    let size = 1 << 20;
+    let options = ExportOptions {
+        growable: true,
+        ..ExportOptions::default()
+    };
+    let mut kernel = start_or_skip!("grow-unaligned-start", size, options);
+    let offset = size as u64 + 8192 + 100;
+    let data = pattern(4096 - 100, 11);
+    assert_eq!(kernel.write(offset, &data), data.len() as u32);
+    assert!(
+        kernel.export.image().is_direct(),
+        "an aligned end keeps O_DIRECT"
+    );
+    assert_eq!(kernel.export.image().size(), size as u64 + 3 * 4096);
+    let gap = kernel.read(size as u64, 8192 + 100);
+    assert!(
+        gap.iter().all(|&b| b == 0),
+        "the gap before the write reads zeros"
+    );
+    assert!(kernel.read(offset, data.len() as u32) == data);
+    let (_, image) = kernel.finish();
+    assert_eq!(image.len(), size + 3 * 4096);
+    assert!(image[size..size + 8192 + 100].iter().all(|&b| b == 0));
+}
+
+/// A resize that has to wait for a write in flight applies its mode change
+/// when it runs, on top of what changed meanwhile: a chown answered while
+/// it waited stays.
+#[test]
+fn a_resize_that_waited_keeps_owner_changes_answered_meanwhile() {
+    let options = ExportOptions {
+        allow_other: true,
+        ..ExportOptions::default()
+    };
+    let mut kernel = start_or_skip!("parked-setattr", 1 << 20, options);
+    // A write in flight, as far as the locks know.
+    let write = kernel.export.locks().try_lock(0, 4096, 0).unwrap();
+    let resize = kernel.send_setattr(FATTR_SIZE | FATTR_MODE, 2 << 20, 0o640, 0);
+    let chown = kernel.send_setattr(FATTR_UID, 0, 0, 1234);
+    let (got, error, attr) = kernel.recv();
+    assert_eq!((got, error), (chown, 0), "the chown is answered first");
+    let field = |attr: &[u8], at: usize| u32::from_ne_bytes(attr[at..at + 4].try_into().unwrap());
+    assert_eq!(field(&attr, ATTR_OUT_UID), 1234);
+    kernel.export.locks().unlock(write);
+    kernel.waker.wake();
+    let (got, error, attr) = kernel.recv();
+    assert_eq!((got, error), (resize, 0));
+    let size = u64::from_ne_bytes(attr[ATTR_OUT_SIZE..ATTR_OUT_SIZE + 8].try_into().unwrap());
+    assert_eq!(size, 2 << 20);
+    assert_eq!(field(&attr, ATTR_OUT_MODE) & 0o7777, 0o640);
+    assert_eq!(
+        field(&attr, ATTR_OUT_UID),
+        1234,
+        "the resize undid the chown"
+    );
+    let (_, image) = kernel.finish();
+    assert_eq!(image.len(), 2 << 20);
+}
+
+/// A read-modify-write whose fill read comes back short inside the image
+/// (here: the file was truncated behind the export's back) fails with EIO
+/// instead of writing zeros over the missing part.
+#[test]
+fn a_short_fill_read_inside_the_image_is_an_error_not_zeros() {
+    let size = 1 << 20;
+    let mut kernel = start_or_skip!("short-fill", size, ExportOptions::default());
+    let shrunk = 512 << 10;
+    std::fs::File::options()
+        .write(true)
+        .open(&kernel.image_path)
+        .and_then(|file| file.set_len(shrunk))
+        .unwrap();
+    let unique = kernel.send_write(600_000 + 100, &[9u8; 100]);
+    assert_eq!(kernel.recv(), (unique, -5, vec![]));
+    let (_, image) = kernel.finish();
+    assert_eq!(
+        image.len() as u64,
+        shrunk,
+        "the failed write extended the image"
+    );
 }
 
 #[test]

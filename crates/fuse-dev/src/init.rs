@@ -46,16 +46,18 @@ pub struct Negotiated {
 ///
 /// ASYNC_DIO keeps AIO/io_uring clients asynchronous (else QD1); MAX_PAGES
 /// allows 1 MiB requests; ABORT_ERROR tells an abort from an unmount;
-/// ATOMIC_O_TRUNC passes O_TRUNC with OPEN instead of a SETATTR(size 0), so
-/// the export decides what truncation means; DIRECT_IO_ALLOW_MMAP makes
-/// `mmap(MAP_SHARED)` work on our FOPEN_DIRECT_IO file.
+/// DIRECT_IO_ALLOW_MMAP makes `mmap(MAP_SHARED)` work on our FOPEN_DIRECT_IO
+/// file. Not ATOMIC_O_TRUNC: with it the kernel sets its size to 0 after
+/// every successful OPEN with O_TRUNC, whatever the server did, so an
+/// export that keeps its size would be seen as empty by the other open
+/// files' AIO reads and mappings. Without it O_TRUNC arrives as a
+/// SETATTR(size 0), whose reply carries the size the kernel then keeps.
 pub const WANTED_FLAGS: InitFlags = InitFlags(
     InitFlags::ASYNC_READ.0
         | InitFlags::BIG_WRITES.0
         | InitFlags::ASYNC_DIO.0
         | InitFlags::MAX_PAGES.0
         | InitFlags::ABORT_ERROR.0
-        | InitFlags::ATOMIC_O_TRUNC.0
         | InitFlags::DIRECT_IO_ALLOW_MMAP.0,
 );
 
@@ -255,6 +257,10 @@ mod tests {
             assert!(granted.contains(flag), "{flag:?} missing from {granted:?}");
         }
         assert!(!granted.contains(InitFlags::WRITEBACK_CACHE));
+        assert!(
+            !granted.contains(InitFlags::ATOMIC_O_TRUNC),
+            "O_TRUNC must come as a SETATTR, whose reply sets the kernel's size"
+        );
         assert_eq!(
             granted.difference(n.offered),
             InitFlags::EMPTY,

@@ -52,6 +52,14 @@ pub enum LayoutError {
     NotIncreasing(usize),
     /// More tiers than [`MAX_TIERS`].
     TooMany(usize),
+    /// A threshold at or above `max_write`: the last tier always ends at
+    /// `max_write`, so such a bound would have no effect.
+    NotBelowMaxWrite {
+        /// The bound.
+        bound: usize,
+        /// The `max_write` it was checked against.
+        max_write: usize,
+    },
 }
 
 impl fmt::Display for LayoutError {
@@ -69,6 +77,11 @@ impl fmt::Display for LayoutError {
             LayoutError::TooMany(n) => {
                 write!(f, "{n} spill tiers given, at most {MAX_TIERS} allowed")
             }
+            LayoutError::NotBelowMaxWrite { bound, max_write } => write!(
+                f,
+                "spill tier bound {bound} must be below max_write {max_write} \
+                 (the last tier always ends at max_write)"
+            ),
         }
     }
 }
@@ -77,10 +90,10 @@ impl std::error::Error for LayoutError {}
 
 impl SpillLayout {
     /// A layout for writes of up to `max_write` bytes, with tiers ending at
-    /// the given write sizes (each a multiple of 4 KiB, increasing). Bounds
-    /// at or beyond `max_write` are dropped; the last tier always ends at
-    /// `max_write`. The read must also reach the kernel's 8 KiB minimum, so
-    /// there is always at least one tier.
+    /// the given write sizes (each a multiple of 4 KiB, increasing, below
+    /// `max_write`); the last tier always ends at `max_write`. The read must
+    /// also reach the kernel's 8 KiB minimum, so there is always at least
+    /// one tier.
     pub fn new(max_write: usize, bounds: &[usize]) -> Result<SpillLayout, LayoutError> {
         let mut previous = PAGE_SIZE;
         let mut tiers = Vec::new();
@@ -92,7 +105,7 @@ impl SpillLayout {
                 return Err(LayoutError::NotIncreasing(bound));
             }
             if bound >= max_write {
-                break;
+                return Err(LayoutError::NotBelowMaxWrite { bound, max_write });
             }
             tiers.push(bound - previous);
             previous = bound;
@@ -376,6 +389,15 @@ mod tests {
             Err(LayoutError::NotIncreasing(32 * KIB))
         );
         assert!(SpillLayout::new(1 << 20, &[8 * KIB, 16 * KIB, 32 * KIB, 64 * KIB]).is_err());
+        for bound in [1 << 20, 2 << 20] {
+            assert_eq!(
+                SpillLayout::new(1 << 20, &[64 * KIB, bound]),
+                Err(LayoutError::NotBelowMaxWrite {
+                    bound,
+                    max_write: 1 << 20
+                })
+            );
+        }
         let three = SpillLayout::new(1 << 20, &[16 * KIB, 128 * KIB]).unwrap();
         assert_eq!(three.tiers(), &[12 * KIB, 112 * KIB, 896 * KIB]);
     }

@@ -274,9 +274,28 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let image = Image::open(&args.image, args.read_only, cache)
         .map_err(|err| Failure::usage(err.to_string()))?;
+    let max_pages_limit = fuse_dev::init::max_pages_limit();
+    let max_write = args
+        .max_write
+        .min(max_pages_limit as usize * fuse_dev::PAGE_SIZE);
+    let capped = (max_write < args.max_write).then(|| {
+        format!(
+            "--max-write {} capped to {max_write} by fs.fuse.max_pages_limit={max_pages_limit}",
+            args.max_write
+        )
+    });
+    // Checked against the max_write the kernel will allow, before mounting.
     if let Some(bounds) = &args.spill_tiers {
-        SpillLayout::new(args.max_write, bounds)
-            .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?;
+        SpillLayout::new(max_write, bounds).map_err(|err| {
+            let why = capped
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            Failure::usage(format!("--spill-tiers: {err}{why}"))
+        })?;
+    }
+    if let Some(capped) = &capped {
+        log::info!("{capped}");
     }
     // Before anything is mounted: a pidfile that cannot be written is a
     // usage error, not something a script finds out by waiting forever.
@@ -318,16 +337,6 @@ fn run(args: Args) -> Result<(), Failure> {
         }
     });
 
-    let max_pages_limit = fuse_dev::init::max_pages_limit();
-    let max_write = args
-        .max_write
-        .min(max_pages_limit as usize * fuse_dev::PAGE_SIZE);
-    if max_write < args.max_write {
-        log::info!(
-            "--max-write {} capped to {max_write} by fs.fuse.max_pages_limit={max_pages_limit}",
-            args.max_write
-        );
-    }
     let mount_options = MountOptions {
         mountpoint: args.mountpoint.clone(),
         fsname: args.image.display().to_string(),

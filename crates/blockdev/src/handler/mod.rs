@@ -34,12 +34,12 @@ use fuse_proto::flags::FsyncFlags;
 use fuse_proto::reply::{Errno, Reply};
 use fuse_proto::{Opcode, Operation};
 
-use crate::export::Export;
+use crate::export::{Export, PresentationChange};
 use crate::image::Image;
-use crate::range_lock::LockId;
+use crate::range_lock::{LockId, Reservation};
 
-pub use rw::WriteJob;
-use size::AfterResize;
+pub use rw::{Merge, WriteJob};
+use space::FallocateLock;
 
 /// The image is the only backing file, registered first.
 const IMAGE: BackingFile = BackingFile(0);
@@ -55,8 +55,12 @@ const MAX_OFFSET: u64 = i64::MAX as u64;
 )]
 enum Parked {
     Write(WriteJob),
-    Resize { size: u64, then: AfterResize },
-    Fallocate(FallocateIn),
+    Resize {
+        size: u64,
+        change: PresentationChange,
+        waiting: Option<Reservation>,
+    },
+    Fallocate(FallocateIn, FallocateLock),
 }
 
 /// Per-request state while backing I/O runs.
@@ -73,28 +77,24 @@ pub enum Pending {
     Write {
         /// Held until the data is on the image.
         lock: LockId,
+        /// Where it writes.
+        offset: u64,
         /// Bytes requested.
         len: usize,
+        /// Whether it extends the image (the size follows when it is done).
+        grows: bool,
     },
-    /// Read-modify-write: reading the partial head or tail block.
+    /// Read-modify-write: reading the partial block at `block`.
     RmwFill {
-        /// The write being served.
-        write: WriteJob,
-        /// Its lock.
-        lock: LockId,
-        /// Whether the tail block still has to be read after this one.
-        tail_next: bool,
+        /// The merge being served.
+        merge: Merge,
+        /// Offset of the block being read.
+        block: u64,
     },
     /// Read-modify-write: writing the merged blocks.
     RmwWrite {
-        /// Its lock.
-        lock: LockId,
-        /// The write's data, returned to the pool at the end.
-        payload: Chain,
-        /// Offset of the write in the merged range.
-        skip: usize,
-        /// Bytes requested.
-        len: usize,
+        /// The merge being served.
+        merge: Merge,
     },
     /// FALLOCATE.
     Fallocate {
@@ -184,8 +184,12 @@ impl QueueHandler {
             // Each re-parks itself at the back if still blocked.
             match parked {
                 Parked::Write(write) => self.start_write(job, write, io),
-                Parked::Resize { size, then } => self.resize(job, size, then, io),
-                Parked::Fallocate(arg) => self.fallocate(job, arg, io),
+                Parked::Resize {
+                    size,
+                    change,
+                    waiting,
+                } => self.resize(job, size, change, waiting, io),
+                Parked::Fallocate(arg, lock) => self.fallocate(job, arg, lock, io),
             }
         }
     }
@@ -265,7 +269,7 @@ impl Handler for QueueHandler {
             Op::Statfs => io.reply(job, self.export.statfs_reply(unique)),
             Op::Release => io.reply(job, Reply::empty(unique)),
             Op::Sync { datasync } => self.sync(job, datasync, io),
-            Op::Fallocate(arg) => self.fallocate(job, arg, io),
+            Op::Fallocate(arg) => self.fallocate(job, arg, FallocateLock::Undecided, io),
             Op::Lseek { offset, whence } => io.reply(job, self.lseek(unique, offset, whence)),
             // ENOSYS tells the kernel to stop sending interrupts; requests
             // here finish quickly anyway.
@@ -290,22 +294,16 @@ impl Handler for QueueHandler {
         } = done;
         match state {
             Pending::Read { skip, len } => self.read_done(job, result, chain, skip, len, io),
-            Pending::Write { lock, len } => self.write_done(job, result, chain, lock, len, io),
-            state @ Pending::RmwFill { .. } => self.rmw_filled(
-                job,
-                Completion {
-                    result,
-                    chain,
-                    state,
-                },
-                io,
-            ),
-            Pending::RmwWrite {
+            Pending::Write {
                 lock,
-                payload,
-                skip,
+                offset,
                 len,
-            } => self.rmw_written(job, result, chain, payload, (lock, skip, len), io),
+                grows,
+            } => self.write_done(job, result, chain, (lock, offset, len, grows), io),
+            Pending::RmwFill { merge, block } => {
+                self.rmw_filled(job, result, chain, merge, block, io)
+            }
+            Pending::RmwWrite { merge } => self.rmw_written(job, result, chain, merge, io),
             Pending::Fallocate { lock, resizes } => {
                 self.fallocate_done(job, result, chain, lock, resizes, io)
             }
@@ -315,6 +313,20 @@ impl Handler for QueueHandler {
 
     fn wake(&mut self, io: &mut QueueIo<'_, Pending>) {
         self.retry_parked(io);
+    }
+}
+
+impl Drop for QueueHandler {
+    /// A queue that ends with requests still parked (it failed or
+    /// panicked) must not leave a whole-image reservation behind: it would
+    /// hold off every other queue's writes for good.
+    fn drop(&mut self) {
+        let waiting = self.export.locks().cancel_queue(self.queue);
+        for (queue, waker) in self.wakers.iter().enumerate() {
+            if queue != self.queue && waiting & (1 << queue) != 0 {
+                waker.wake();
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! READ and WRITE, with read-modify-write for unaligned writes, and
 //! FLUSH/FSYNC.
 
-use fuse_dev::{BackingOp, Chain, Completion, Incoming, Job, QueueIo};
+use fuse_dev::{BackingOp, Chain, Incoming, Job, QueueIo};
 use fuse_proto::abi::WriteOut;
 use fuse_proto::reply::{Errno, Reply};
 
@@ -16,6 +16,48 @@ pub struct WriteJob {
     len: usize,
     /// The request's data (in-place page + spill-over), windowed to `len`.
     payload: Chain,
+}
+
+/// A read-modify-write in progress: the write, its lock, and the geometry
+/// fixed when it started (a concurrent growing write may switch the image
+/// to buffered I/O meanwhile; this merge keeps the blocks it locked).
+#[derive(Debug)]
+pub struct Merge {
+    write: WriteJob,
+    lock: LockId,
+    /// The block-aligned range written: `[start, end)`.
+    start: u64,
+    end: u64,
+    /// The block size (the image's alignment when the merge started).
+    block: u64,
+    /// The image size under the lock: bytes at or past it read as zeros.
+    size: u64,
+    /// Whether the write extends the image (the size follows once it is done).
+    grows: bool,
+}
+
+impl Merge {
+    /// The partial blocks to read before merging, in order: the head block
+    /// if the write starts inside it, the tail block if the write ends
+    /// inside it (and it is not the head block).
+    fn partial_blocks(&self) -> [Option<u64>; 2] {
+        let head = (self.write.offset != self.start).then_some(self.start);
+        let tail_block = self.end - self.block;
+        let write_end = self.write.offset + self.write.len as u64;
+        let tail = (write_end != self.end && head != Some(tail_block)).then_some(tail_block);
+        [head, tail]
+    }
+}
+
+/// Zeroes the chain's bytes from `from` to the end of its window.
+fn zero_from(chain: &mut Chain, from: usize) {
+    let mut skip = from;
+    for segment in chain.segments_mut() {
+        let bytes = segment.bytes_mut();
+        let here = skip.min(bytes.len());
+        bytes[here..].fill(0);
+        skip -= here;
+    }
 }
 
 /// Aligned range `[start, end)` around `offset..offset+len`.
@@ -77,18 +119,23 @@ impl QueueHandler {
         io.reply_data(job, chain);
     }
 
-    /// An aligned WRITE is on the image.
+    /// An aligned WRITE is on the image. `placed` is the lock, the write's
+    /// offset and length, and whether it extends the image.
     pub(super) fn write_done(
         &mut self,
         job: Job,
         result: i32,
         chain: Chain,
-        lock: LockId,
-        len: usize,
+        placed: (LockId, u64, usize, bool),
         io: &mut QueueIo<'_, Pending>,
     ) {
+        let (lock, offset, len, grows) = placed;
         let unique = job.unique();
         io.pool().give_chain(chain);
+        if grows && result > 0 {
+            // Still under the lock, so no resize runs in between.
+            self.image().grew_to(offset + result as u64);
+        }
         self.unlock(lock, io);
         if result < 0 {
             io.reply_error(job, Errno::from_any(result));
@@ -97,21 +144,30 @@ impl QueueHandler {
         }
     }
 
-    /// The merged blocks of a read-modify-write are on the image. `placed`
-    /// is the lock, the write's offset in the merged range and its length.
+    /// The merged blocks of a read-modify-write are on the image.
     pub(super) fn rmw_written(
         &mut self,
         job: Job,
         result: i32,
         chain: Chain,
-        payload: Chain,
-        placed: (LockId, usize, usize),
+        merge: Merge,
         io: &mut QueueIo<'_, Pending>,
     ) {
-        let (lock, skip, len) = placed;
+        let Merge {
+            write,
+            lock,
+            start,
+            grows,
+            ..
+        } = merge;
+        let skip = (write.offset - start) as usize;
+        let len = write.len;
         let unique = job.unique();
-        io.pool().give_chain(payload);
+        io.pool().give_chain(write.payload);
         io.pool().give_chain(chain);
+        if grows && result > 0 {
+            self.image().grew_to(start + result as u64);
+        }
         self.unlock(lock, io);
         if result < 0 {
             io.reply_error(job, Errno::from_any(result));
@@ -199,34 +255,34 @@ impl QueueHandler {
             return;
         };
         // The size is read under the lock: a concurrent shrink holds the
-        // whole range, so it is either done or not started.
+        // whole range, so it is either done or not started. Other writes
+        // may only grow it meanwhile.
         let size = self.image().size();
         let write_end = write.offset + write.len as u64;
+        let mut grows = false;
         if write_end > size {
             if self.export.options().growable {
-                if let Err(err) = self.image().grow_to(write_end) {
+                // The data goes first and the size follows once it is on
+                // the image (`grew_to`): a write that fails leaves the size
+                // as it was, and no reader sees the new range before its
+                // data. The file itself grows with the write.
+                if let Err(err) = self.image().prepare_growth(write_end) {
                     self.unlock(lock, io);
                     io.pool().give_chain(write.payload);
                     io.reply_error(job, errno_of(&err));
                     return;
                 }
+                grows = true;
             } else if write.offset >= size {
-                // Past the end of a fixed-size image: nothing written (dd: ENOSPC).
+                // Nothing fits. ENOSPC, not a 0-byte write: asynchronous
+                // clients (AIO, io_uring, the kernel's parallel O_DIRECT
+                // pieces) receive a short write as EIO.
                 self.unlock(lock, io);
                 io.pool().give_chain(write.payload);
-                let unique = job.unique();
-                io.reply(
-                    job,
-                    Reply::with(
-                        unique,
-                        &WriteOut {
-                            size: 0,
-                            padding: 0,
-                        },
-                    ),
-                );
+                io.reply_error(job, Errno::ENOSPC);
                 return;
             } else {
+                // Part fits: a short write, as a block device answers.
                 write.len = (size - write.offset) as usize;
                 write.payload.narrow(0, write.len);
             }
@@ -249,14 +305,17 @@ impl QueueHandler {
                     offset,
                 },
                 payload,
-                Pending::Write { lock, len },
+                Pending::Write {
+                    lock,
+                    offset,
+                    len,
+                    grows,
+                },
             );
             return;
         }
-        // Unaligned: merge into whole blocks. Read the partial head block,
-        // then the partial tail block (unless it is the same block).
-        let span = (end - start) as usize;
-        let mut bounce = match self.bounce(io, span) {
+        // Unaligned: merge into whole blocks.
+        let bounce = match self.bounce(io, (end - start) as usize) {
             Ok(bounce) => bounce,
             Err(err) => {
                 self.unlock(lock, io);
@@ -265,106 +324,101 @@ impl QueueHandler {
                 return;
             }
         };
-        let block = alignment as usize;
-        let head_partial = write.offset != start;
-        let tail_partial = write.offset + write.len as u64 != end;
-        let (fill_offset, tail_next) = if head_partial {
-            bounce.select(0, block);
-            (start, tail_partial && end - alignment != start)
-        } else {
-            bounce.select(span - block, block);
-            (end - alignment, false)
-        };
-        io.submit(
-            job,
-            BackingOp::Read {
-                file: IMAGE,
-                offset: fill_offset,
-            },
-            bounce,
-            Pending::RmwFill {
-                write,
-                lock,
-                tail_next,
-            },
-        );
-    }
-
-    /// Read-modify-write: a partial block was read; read the next one, or
-    /// merge the data in and write the blocks.
-    pub(super) fn rmw_filled(
-        &mut self,
-        job: Job,
-        done: Completion<Pending>,
-        io: &mut QueueIo<'_, Pending>,
-    ) {
-        let Completion {
-            result,
-            mut chain,
-            state,
-        } = done;
-        let Pending::RmwFill {
+        let merge = Merge {
             write,
             lock,
-            tail_next,
-        } = state
-        else {
-            return io.finish_with(job, chain);
+            start,
+            end,
+            block: alignment,
+            size,
+            grows,
         };
-        if result < 0 {
-            self.unlock(lock, io);
-            io.pool().give_chain(write.payload);
-            io.pool().give_chain(chain);
-            io.reply_error(job, Errno::from_any(result));
-            return;
-        }
-        // A short read means the block crosses the end of the file: the
-        // missing bytes read as zeros (the pool buffer may hold old data).
-        let read = result as usize;
-        let window = chain.len();
-        if read < window {
-            chain.copy_in(read, &vec![0u8; window - read]);
-        }
-        // The alignment cannot have changed: this write holds a lock that
-        // every resize needs.
-        let alignment = self.image().alignment();
-        let (start, end) = aligned_range(write.offset, write.len as u64, alignment);
-        let span = (end - start) as usize;
-        if tail_next {
-            let block = alignment as usize;
-            chain.select(span - block, block);
+        self.fill_partial_blocks(job, merge, bounce, None, io);
+    }
+
+    /// Read-modify-write: brings in the partial blocks after `done` (the
+    /// block just read, if any), then merges the data in and writes the
+    /// blocks. Blocks at or past the end of the image are zeros and need
+    /// no read.
+    fn fill_partial_blocks(
+        &mut self,
+        job: Job,
+        merge: Merge,
+        mut bounce: Chain,
+        done: Option<u64>,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
+        let block = merge.block as usize;
+        for offset in merge.partial_blocks().into_iter().flatten() {
+            if done.is_some_and(|done| offset <= done) {
+                continue;
+            }
+            bounce.select((offset - merge.start) as usize, block);
+            if offset >= merge.size {
+                zero_from(&mut bounce, 0);
+                continue;
+            }
             io.submit(
                 job,
                 BackingOp::Read {
                     file: IMAGE,
-                    offset: end - alignment,
+                    offset,
                 },
-                chain,
+                bounce,
                 Pending::RmwFill {
-                    write,
-                    lock,
-                    tail_next: false,
+                    merge,
+                    block: offset,
                 },
             );
             return;
         }
-        chain.select(0, span);
-        let skip = (write.offset - start) as usize;
-        chain.copy_from_chain(skip, &write.payload);
+        bounce.select(0, (merge.end - merge.start) as usize);
+        let skip = (merge.write.offset - merge.start) as usize;
+        bounce.copy_from_chain(skip, &merge.write.payload);
         io.submit(
             job,
             BackingOp::Write {
                 file: IMAGE,
-                offset: start,
+                offset: merge.start,
             },
-            chain,
-            Pending::RmwWrite {
-                lock,
-                payload: write.payload,
-                skip,
-                len: write.len,
-            },
+            bounce,
+            Pending::RmwWrite { merge },
         );
+    }
+
+    /// Read-modify-write: the partial block at `block` was read.
+    pub(super) fn rmw_filled(
+        &mut self,
+        job: Job,
+        result: i32,
+        mut chain: Chain,
+        merge: Merge,
+        block: u64,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
+        // Only the bytes inside the image can be read; those past its end
+        // (a block that crosses it) are zeros. A read that stops short of
+        // the end is a failure, not EOF: filling with zeros would write
+        // them over the image's data.
+        let inside = (merge.size - block).min(merge.block) as usize;
+        if result < 0 || (result as usize) < inside {
+            let errno = if result < 0 {
+                Errno::from_any(result)
+            } else {
+                log::error!(
+                    "read-modify-write: reading {inside} bytes at {block} of the image returned {result}"
+                );
+                Errno::EIO
+            };
+            let Merge { write, lock, .. } = merge;
+            self.unlock(lock, io);
+            io.pool().give_chain(write.payload);
+            io.pool().give_chain(chain);
+            io.reply_error(job, errno);
+            return;
+        }
+        zero_from(&mut chain, inside);
+        self.fill_partial_blocks(job, merge, chain, Some(block), io);
     }
 }
 

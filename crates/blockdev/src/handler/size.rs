@@ -1,5 +1,13 @@
-//! Size and attributes: SETATTR (size, mode, owner), OPEN (O_TRUNC and the
-//! open flags), and resizes under the whole-image lock.
+//! Size and attributes: SETATTR (size, mode, owner), OPEN, and resizes
+//! under the whole-image lock.
+//!
+//! `O_TRUNC` reaches the export as a SETATTR to size 0 sent after the OPEN
+//! (`FUSE_ATOMIC_O_TRUNC` is not negotiated), without a file handle. On a
+//! fixed-size export it is answered with the unchanged attributes, so the
+//! kernel keeps the real size: with `ATOMIC_O_TRUNC` the kernel would set
+//! its size to 0 after any successful OPEN with `O_TRUNC`, whatever the
+//! server did, and asynchronous O_DIRECT reads and mappings of every other
+//! open file would then see EOF.
 
 use fuse_dev::{Job, QueueIo};
 use fuse_proto::abi::{OpenOut, SetattrIn};
@@ -7,38 +15,37 @@ use fuse_proto::flags::{FopenFlags, SetattrValid};
 use fuse_proto::reply::{Errno, Reply};
 
 use super::{MAX_OFFSET, Parked, Pending, QueueHandler};
-use crate::export::{DirectOpens, Presentation, errno_of};
-
-/// What to answer once a resize is done.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum AfterResize {
-    /// SETATTR: apply the new owner/mode (if any), reply attributes.
-    Setattr(Option<Presentation>),
-    /// OPEN with O_TRUNC on a growable export (with the open's flags).
-    Open {
-        /// The `open(2)` flags.
-        flags: u32,
-    },
-}
+use crate::export::{DirectOpens, PresentationChange, errno_of};
+use crate::range_lock::Reservation;
 
 impl QueueHandler {
-    /// Sets the image size under the whole-image lock, then answers.
+    /// Sets the image size under the whole-image lock, then applies the
+    /// owner/mode `change` that came with it and replies with the
+    /// attributes. `waiting` is the reservation of an earlier attempt.
     pub(super) fn resize(
         &mut self,
         job: Job,
         size: u64,
-        then: AfterResize,
+        change: PresentationChange,
+        mut waiting: Option<Reservation>,
         io: &mut QueueIo<'_, Pending>,
     ) {
         // The whole range: waits for every write in flight, holds off new ones.
-        let Some(lock) = self.export.locks().try_lock(0, u64::MAX, self.queue) else {
-            self.parked.push_back((job, Parked::Resize { size, then }));
+        let Some(lock) = self.export.locks().try_lock_all(self.queue, &mut waiting) else {
+            self.parked.push_back((
+                job,
+                Parked::Resize {
+                    size,
+                    change,
+                    waiting,
+                },
+            ));
             return;
         };
-        let result = if size == self.image().size() {
-            Ok(())
-        } else {
-            self.image().set_size(size)
+        let result = match self.export.current_size() {
+            Ok(current) if current == size => Ok(()),
+            Ok(_) => self.image().set_size(size),
+            Err(err) => Err(err),
         };
         self.unlock(lock, io);
         if let Err(err) = result {
@@ -46,16 +53,11 @@ impl QueueHandler {
             return;
         }
         log::debug!("image size is now {size}");
+        // Applied now, not when the request arrived: a chmod/chown answered
+        // while this one waited for its lock must not be undone.
+        self.export.change_presentation(change);
         let unique = job.unique();
-        match then {
-            AfterResize::Setattr(presentation) => {
-                if let Some(presentation) = presentation {
-                    self.export.set_presentation(presentation);
-                }
-                io.reply(job, self.export.attr_reply(unique));
-            }
-            AfterResize::Open { flags } => io.reply(job, self.open_reply(unique, flags)),
-        }
+        io.reply(job, self.export.attr_reply(unique));
     }
 
     /// SETATTR with QEMU's rules: size and mode; owner only with
@@ -75,8 +77,7 @@ impl QueueHandler {
             return;
         }
         let read_only = self.image().is_read_only();
-        let mut presentation = self.export.presentation();
-        let mut changed = false;
+        let mut change = PresentationChange::default();
         if valid.contains(SetattrValid::MODE) {
             let mode = arg.mode & 0o7777;
             if !options.allow_other && mode & 0o077 != 0 {
@@ -88,18 +89,14 @@ impl QueueHandler {
                 io.reply_error(job, Errno::EROFS);
                 return;
             }
-            presentation.mode = mode;
-            changed = true;
+            change.mode = Some(mode);
         }
         if valid.contains(SetattrValid::UID) {
-            presentation.uid = arg.uid;
-            changed = true;
+            change.uid = Some(arg.uid);
         }
         if valid.contains(SetattrValid::GID) {
-            presentation.gid = arg.gid;
-            changed = true;
+            change.gid = Some(arg.gid);
         }
-        let presentation = changed.then_some(presentation);
         if valid.contains(SetattrValid::SIZE) {
             if read_only {
                 io.reply_error(job, Errno::EROFS);
@@ -109,12 +106,19 @@ impl QueueHandler {
                 io.reply_error(job, Errno::EFBIG);
                 return;
             }
-            self.resize(job, arg.size, AfterResize::Setattr(presentation), io);
-            return;
+            // open(O_TRUNC) (and truncate(2) of the path to 0, which looks
+            // the same): no file handle. ftruncate and `truncate -s 0` send
+            // one and do resize.
+            let truncates_at_open = arg.size == 0 && !valid.contains(SetattrValid::FH);
+            if options.growable || !truncates_at_open {
+                self.resize(job, arg.size, change, None, io);
+                return;
+            }
+            log::debug!(
+                "fixed-size export: keeping the size on a truncation without a file (O_TRUNC)"
+            );
         }
-        if let Some(presentation) = presentation {
-            self.export.set_presentation(presentation);
-        }
+        self.export.change_presentation(change);
         let unique = job.unique();
         io.reply(job, self.export.attr_reply(unique));
     }
@@ -125,12 +129,8 @@ impl QueueHandler {
         if writes && self.image().is_read_only() {
             return io.reply_error(job, Errno::EROFS);
         }
-        // O_TRUNC arrives here (ATOMIC_O_TRUNC). On a fixed-size export it is
-        // ignored: `dd of=export` without conv=notrunc must not wipe the
-        // image. A growable export behaves like a file.
-        if flags & libc::O_TRUNC as u32 != 0 && writes && self.export.options().growable {
-            return self.resize(job, 0, AfterResize::Open { flags }, io);
-        }
+        // O_TRUNC is not among the flags (no ATOMIC_O_TRUNC): it follows as
+        // a SETATTR, see the module comment.
         io.reply(job, self.open_reply(unique, flags));
     }
 

@@ -8,7 +8,7 @@ use fuse_proto::reply::{Errno, Reply};
 use super::rw::aligned_range;
 use super::{IMAGE, MAX_OFFSET, Parked, Pending, QueueHandler};
 use crate::export::errno_of;
-use crate::range_lock::LockId;
+use crate::range_lock::{LockId, Reservation};
 
 /// `fallocate(2)` mode bits the export maps onto the image.
 const FALLOC_KEEP_SIZE: u32 = 0x01;
@@ -18,9 +18,28 @@ const FALLOC_ZERO_RANGE: u32 = 0x10;
 const SEEK_DATA: u32 = 3;
 const SEEK_HOLE: u32 = 4;
 
+/// Which lock a FALLOCATE takes. One that may change the size takes the
+/// whole image, like a resize; whether it may is decided under a lock,
+/// since only a whole-image lock keeps the size from shrinking.
+#[derive(Debug)]
+pub(super) enum FallocateLock {
+    /// First attempt: decided from the size.
+    Undecided,
+    /// The block-aligned range it touches.
+    Range,
+    /// The whole image, with the reservation of an earlier attempt.
+    Whole(Option<Reservation>),
+}
+
 impl QueueHandler {
     /// FALLOCATE mapped onto the image's `fallocate(2)`.
-    pub(super) fn fallocate(&mut self, job: Job, arg: FallocateIn, io: &mut QueueIo<'_, Pending>) {
+    pub(super) fn fallocate(
+        &mut self,
+        job: Job,
+        arg: FallocateIn,
+        lock: FallocateLock,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
         if self.image().is_read_only() {
             return io.reply_error(job, Errno::EROFS);
         }
@@ -42,23 +61,56 @@ impl QueueHandler {
             return io.reply_error(job, Errno::EINVAL);
         }
         let keep_size = mode & FALLOC_KEEP_SIZE != 0;
-        // Anything that may change the size takes the whole range, like a resize.
-        let resizes = !keep_size && end > self.image().size();
-        let (start, lock_end) = if resizes {
-            (0, u64::MAX)
-        } else {
-            aligned_range(arg.offset, arg.length, self.image().alignment())
+        let size = match self.export.current_size() {
+            Ok(size) => size,
+            Err(err) => return io.reply_error(job, errno_of(&err)),
         };
-        let Some(lock) = self.export.locks().try_lock(start, lock_end, self.queue) else {
-            self.parked.push_back((job, Parked::Fallocate(arg)));
-            return;
+        let may_grow = |size: u64| !keep_size && end > size;
+        let lock = match lock {
+            // A hint only: checked again under the lock.
+            FallocateLock::Undecided if may_grow(size) => FallocateLock::Whole(None),
+            FallocateLock::Undecided => FallocateLock::Range,
+            decided => decided,
         };
-        let size = self.image().size();
+        let (held, resizes) = match lock {
+            FallocateLock::Whole(mut waiting) => {
+                let Some(held) = self.export.locks().try_lock_all(self.queue, &mut waiting) else {
+                    let lock = FallocateLock::Whole(waiting);
+                    self.parked.push_back((job, Parked::Fallocate(arg, lock)));
+                    return;
+                };
+                (held, true)
+            }
+            _ => {
+                let (start, lock_end) =
+                    aligned_range(arg.offset, arg.length, self.image().alignment());
+                let Some(held) = self.export.locks().try_lock(start, lock_end, self.queue) else {
+                    self.parked
+                        .push_back((job, Parked::Fallocate(arg, FallocateLock::Range)));
+                    return;
+                };
+                (held, false)
+            }
+        };
+        // Under the lock the size can only have grown (a shrink needs the
+        // whole image), unless this lock is the whole image.
+        let size = match self.export.current_size() {
+            Ok(size) => size,
+            Err(err) => {
+                self.unlock(held, io);
+                return io.reply_error(job, errno_of(&err));
+            }
+        };
+        if !resizes && may_grow(size) {
+            // It shrank before this lock was taken: start over for the whole image.
+            self.unlock(held, io);
+            return self.fallocate(job, arg, FallocateLock::Whole(None), io);
+        }
         let mut length = arg.length;
         if keep_size {
             // Nothing to do past the end; don't touch blocks beyond it.
             if arg.offset >= size {
-                self.unlock(lock, io);
+                self.unlock(held, io);
                 let unique = job.unique();
                 return io.reply(job, Reply::empty(unique));
             }
@@ -73,7 +125,10 @@ impl QueueHandler {
                 mode: mode as i32,
             },
             Chain::new(),
-            Pending::Fallocate { lock, resizes },
+            Pending::Fallocate {
+                lock: held,
+                resizes,
+            },
         );
     }
 
@@ -82,13 +137,20 @@ impl QueueHandler {
         if whence != SEEK_DATA && whence != SEEK_HOLE {
             return Reply::error(unique, Errno::EINVAL);
         }
-        let size = self.image().size();
+        let size = match self.export.current_size() {
+            Ok(size) => size,
+            Err(err) => return Reply::error(unique, errno_of(&err)),
+        };
         if offset >= size {
             return Reply::error(unique, Errno::ENXIO);
         }
-        match self.image().seek(offset, whence == SEEK_DATA) {
-            // The image file can be longer than the export shows for a moment
-            // (never shorter): a hole at the end is the export's end.
+        let data = whence == SEEK_DATA;
+        match self.image().seek(offset, data) {
+            // The image file can be longer than the export for a moment
+            // (a growing write in flight) or behind its back; the export
+            // ends at its size: data found beyond it is no data, a hole
+            // beyond it is the hole at the end.
+            Ok(position) if data && position >= size => Reply::error(unique, Errno::ENXIO),
             Ok(position) => Reply::with(
                 unique,
                 &LseekOut {
