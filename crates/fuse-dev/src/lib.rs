@@ -11,8 +11,9 @@
 //! * `ring_guard`: what the kernel may still touch when a queue ends early.
 //! * [`readv`]: the transport that reads `/dev/fuse` with posted `READV`s.
 //!
-//! `unsafe` is confined to [`buffer`] (the mapped memory), the SQE building
-//! in `jobs` and [`readv`], and the ioctls in [`session`].
+//! `unsafe` is confined to [`buffer`] (the mapped memory), pushing SQEs
+//! (`ring_guard`) that point into memory the ring guard owns (built in
+//! `jobs` and [`readv`]), and the ioctls in [`session`].
 
 pub mod buffer;
 pub mod config;

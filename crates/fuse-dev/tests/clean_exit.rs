@@ -12,6 +12,7 @@
 //! detaches everything, also when the test fails.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,8 +28,9 @@ use rustix::mount::UnmountFlags;
 const ROUNDS: usize = 8;
 const GETATTR: u32 = 3;
 
+/// Prints the `SKIP:` line straight to stderr, past libtest's capture.
 fn skip(reason: &str) {
-    eprintln!("SKIP: clean_exit: {reason}");
+    let _ = writeln!(std::io::stderr(), "SKIP: clean_exit: {reason}");
 }
 
 fn have(program: &str) -> bool {
