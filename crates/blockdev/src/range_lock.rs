@@ -28,6 +28,8 @@ struct Held {
     start: u64,
     end: u64,
     id: LockId,
+    /// The queue whose request holds it.
+    queue: usize,
 }
 
 /// A queued whole-image waiter: the caller keeps it and presents it again
@@ -55,20 +57,29 @@ struct State {
 }
 
 impl State {
-    fn grant(&mut self, start: u64, end: u64) -> LockId {
+    fn grant(&mut self, start: u64, end: u64, queue: usize) -> LockId {
         self.next_id += 1;
         let id = LockId(self.next_id);
-        self.held.push(Held { start, end, id });
+        self.held.push(Held {
+            start,
+            end,
+            id,
+            queue,
+        });
         id
     }
 
     fn wait(&mut self, queue: usize) {
-        self.waiting_queues |= 1 << (queue % MAX_QUEUES);
+        self.waiting_queues |= queue_bit(queue);
     }
 }
 
-/// The most queues whose waits can be tracked (one bit each).
-pub const MAX_QUEUES: usize = 64;
+/// The bit that stands for `queue` in the wait masks this module returns.
+/// Queues beyond 64 share bits with lower ones, which only costs them a
+/// spurious wake-up (a parked request retries and parks again).
+pub fn queue_bit(queue: usize) -> u64 {
+    1 << (queue % u64::BITS as usize)
+}
 
 /// Byte-range locks over the image.
 #[derive(Debug, Default)]
@@ -100,7 +111,7 @@ impl RangeLocks {
             state.wait(queue);
             return None;
         }
-        Some(state.grant(start, end))
+        Some(state.grant(start, end, queue))
     }
 
     /// Locks the whole image once nothing is held and every older
@@ -118,7 +129,7 @@ impl RangeLocks {
             if waiting.take().is_some() {
                 state.reserved.pop_front();
             }
-            return Some(state.grant(0, u64::MAX));
+            return Some(state.grant(0, u64::MAX, queue));
         }
         if waiting.is_none() {
             state.next_id += 1;
@@ -130,16 +141,6 @@ impl RangeLocks {
         None
     }
 
-    /// Drops every reservation left by `queue` (a queue that ended, e.g. by
-    /// a panic, without retrying what it parked), so that it cannot hold
-    /// off the other queues' writes for good. Returns the queues to wake,
-    /// like [`RangeLocks::unlock`].
-    pub fn cancel_queue(&self, queue: usize) -> u64 {
-        let mut state = self.state();
-        state.reserved.retain(|queued| queued.queue != queue);
-        std::mem::take(&mut state.waiting_queues)
-    }
-
     /// Releases a lock. Returns the set of queues (bit mask) that were
     /// waiting for some lock and must retry; the set is cleared.
     pub fn unlock(&self, id: LockId) -> u64 {
@@ -148,6 +149,29 @@ impl RangeLocks {
             state.held.swap_remove(position);
         } else {
             log::error!("unlock of a range lock that is not held: {id:?}");
+        }
+        std::mem::take(&mut state.waiting_queues)
+    }
+
+    /// Releases every lock `queue` holds and drops the whole-image
+    /// reservations it left: the queue ended early (an error or a panic)
+    /// and will never finish or retry the requests behind them, which
+    /// would otherwise hold off the other queues' writes for good. Returns
+    /// the queues that waited and must retry (cleared), or 0 if `queue`
+    /// held and reserved nothing.
+    pub fn release_queue(&self, queue: usize) -> u64 {
+        let mut state = self.state();
+        let (held, reserved) = (state.held.len(), state.reserved.len());
+        state.held.retain(|h| h.queue != queue);
+        state.reserved.retain(|queued| queued.queue != queue);
+        if state.held.len() == held && state.reserved.len() == reserved {
+            return 0;
+        }
+        if state.held.len() < held {
+            log::warn!(
+                "released {} range locks of queue {queue}, which ended early",
+                held - state.held.len()
+            );
         }
         std::mem::take(&mut state.waiting_queues)
     }
@@ -221,12 +245,28 @@ mod tests {
         let (mut live, mut dead) = (None, None);
         assert!(locks.try_lock_all(3, &mut dead).is_none());
         assert!(locks.try_lock_all(1, &mut live).is_none());
-        assert_eq!(locks.cancel_queue(3), 0b1010);
+        assert_eq!(locks.release_queue(3), 0b1010);
         locks.unlock(write);
         // The live waiter is now first in line.
         let lock = locks.try_lock_all(1, &mut live).unwrap();
         locks.unlock(lock);
         assert!(locks.try_lock(8192, 12288, 2).is_some());
+    }
+
+    #[test]
+    fn releasing_a_queue_frees_only_its_locks_and_reports_waiters() {
+        let locks = RangeLocks::new();
+        let _ = locks.try_lock(0, 4096, 0).unwrap();
+        let _ = locks.try_lock(8192, 12288, 0).unwrap();
+        let other = locks.try_lock(4096, 8192, 1).unwrap();
+        assert!(locks.try_lock(0, 4096, 2).is_none());
+        assert_eq!(locks.release_queue(0), 0b100);
+        assert_eq!(locks.held(), 1);
+        assert!(locks.try_lock(0, 4096, 2).is_some());
+        // Nothing held: nothing to report, and no waiter is forgotten.
+        assert!(locks.try_lock(4096, 8192, 3).is_none());
+        assert_eq!(locks.release_queue(0), 0);
+        assert_eq!(locks.unlock(other), 0b1000);
     }
 
     #[test]

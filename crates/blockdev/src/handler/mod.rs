@@ -36,7 +36,7 @@ use fuse_proto::{Opcode, Operation};
 
 use crate::export::{Export, PresentationChange};
 use crate::image::Image;
-use crate::range_lock::{LockId, Reservation};
+use crate::range_lock::{LockId, Reservation, queue_bit};
 
 pub use rw::{Merge, WriteJob};
 use space::FallocateLock;
@@ -164,7 +164,7 @@ impl QueueHandler {
     fn unlock(&mut self, lock: LockId, io: &mut QueueIo<'_, Pending>) {
         let waiting = self.export.locks().unlock(lock);
         for queue in 0..self.wakers.len() {
-            if waiting & (1 << queue) == 0 {
+            if waiting & queue_bit(queue) == 0 {
                 continue;
             }
             if queue == self.queue {
@@ -317,13 +317,14 @@ impl Handler for QueueHandler {
 }
 
 impl Drop for QueueHandler {
-    /// A queue that ends with requests still parked (it failed or
-    /// panicked) must not leave a whole-image reservation behind: it would
-    /// hold off every other queue's writes for good.
+    /// The queue ended (the handler goes with it). If it ended early
+    /// (it failed or panicked), requests it will never finish may hold
+    /// range locks or whole-image reservations that writes and resizes on
+    /// the other queues wait for: release them and wake those queues.
     fn drop(&mut self) {
-        let waiting = self.export.locks().cancel_queue(self.queue);
+        let waiting = self.export.locks().release_queue(self.queue);
         for (queue, waker) in self.wakers.iter().enumerate() {
-            if queue != self.queue && waiting & (1 << queue) != 0 {
+            if queue != self.queue && waiting & queue_bit(queue) != 0 {
                 waker.wake();
             }
         }
