@@ -38,7 +38,7 @@ use crate::export::Export;
 use crate::image::Image;
 use crate::range_lock::LockId;
 
-pub use rw::WriteJob;
+pub use rw::{Durability, WriteJob};
 use size::AfterResize;
 
 /// The image is the only backing file, registered first.
@@ -75,6 +75,8 @@ pub enum Pending {
         lock: LockId,
         /// Bytes requested.
         len: usize,
+        /// What the write must reach before it is answered.
+        durability: Durability,
     },
     /// Read-modify-write: reading the partial head or tail block.
     RmwFill {
@@ -95,6 +97,13 @@ pub enum Pending {
         skip: usize,
         /// Bytes requested.
         len: usize,
+        /// What the write must reach before it is answered.
+        durability: Durability,
+    },
+    /// A synchronous (O_DSYNC / O_SYNC) WRITE is on the image; syncing it.
+    WriteSync {
+        /// Bytes written, for the reply.
+        written: usize,
     },
     /// FALLOCATE.
     Fallocate {
@@ -127,7 +136,7 @@ enum Op {
     Setattr(SetattrIn),
     Open { flags: u32 },
     Read { offset: u64, size: u32 },
-    Write { offset: u64 },
+    Write { offset: u64, durability: Durability },
     Statfs,
     Release,
     Sync { datasync: bool },
@@ -212,7 +221,10 @@ impl QueueHandler {
                 offset: arg.offset,
                 size: arg.size,
             },
-            Operation::Write { arg, .. } => Op::Write { offset: arg.offset },
+            Operation::Write { arg, .. } => Op::Write {
+                offset: arg.offset,
+                durability: Durability::of_write_flags(arg.flags),
+            },
             Operation::Statfs => Op::Statfs,
             Operation::Release(_) | Operation::Destroy => Op::Release,
             Operation::Flush(_) => Op::Sync { datasync: true },
@@ -248,8 +260,8 @@ impl Handler for QueueHandler {
             io.pool().give_chain(incoming.into_buffers());
             return self.directory_request(job, op, io);
         }
-        if let Op::Write { offset } = op {
-            return self.write(job, offset, incoming, io);
+        if let Op::Write { offset, durability } = op {
+            return self.write(job, offset, durability, incoming, io);
         }
         io.pool().give_chain(incoming.into_buffers());
         match op {
@@ -290,7 +302,11 @@ impl Handler for QueueHandler {
         } = done;
         match state {
             Pending::Read { skip, len } => self.read_done(job, result, chain, skip, len, io),
-            Pending::Write { lock, len } => self.write_done(job, result, chain, lock, len, io),
+            Pending::Write {
+                lock,
+                len,
+                durability,
+            } => self.write_done(job, result, chain, (lock, len, durability), io),
             state @ Pending::RmwFill { .. } => self.rmw_filled(
                 job,
                 Completion {
@@ -305,7 +321,16 @@ impl Handler for QueueHandler {
                 payload,
                 skip,
                 len,
-            } => self.rmw_written(job, result, chain, payload, (lock, skip, len), io),
+                durability,
+            } => self.rmw_written(
+                job,
+                result,
+                chain,
+                payload,
+                (lock, skip, len, durability),
+                io,
+            ),
+            Pending::WriteSync { written } => self.write_synced(job, result, chain, written, io),
             Pending::Fallocate { lock, resizes } => {
                 self.fallocate_done(job, result, chain, lock, resizes, io)
             }

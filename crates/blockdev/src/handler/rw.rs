@@ -1,5 +1,14 @@
 //! READ and WRITE, with read-modify-write for unaligned writes, and
 //! FLUSH/FSYNC.
+//!
+//! A WRITE from a client that asked for synchronous writes (`O_DSYNC` or
+//! `O_SYNC` at open, or `RWF_DSYNC` / `RWF_SYNC` on the call: the kernel
+//! forwards all four as `O_DSYNC` / `O_SYNC` in `fuse_write_in.flags`) is
+//! answered only once its data is on stable storage: after the write, the
+//! image is synced (`fdatasync` for `O_DSYNC`, `fsync` for `O_SYNC`) before
+//! the reply. Other writes are answered once the image has them, which with
+//! `--cache none` may still mean the disk's volatile cache; FLUSH and FSYNC
+//! make those durable.
 
 use fuse_dev::{BackingOp, Chain, Completion, Incoming, Job, QueueIo};
 use fuse_proto::abi::WriteOut;
@@ -9,11 +18,40 @@ use super::{IMAGE, MAX_OFFSET, Parked, Pending, QueueHandler};
 use crate::export::errno_of;
 use crate::range_lock::LockId;
 
+/// What a WRITE must reach before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The image has the data (with `--cache none` possibly only in the
+    /// disk's volatile cache; a later FLUSH/FSYNC makes it durable).
+    Written,
+    /// `O_DSYNC`: the data is on stable storage (`fdatasync`).
+    Data,
+    /// `O_SYNC`: data and metadata are on stable storage (`fsync`).
+    DataAndMetadata,
+}
+
+impl Durability {
+    /// From `fuse_write_in.flags`: the file's open flags, with `O_DSYNC` /
+    /// `O_SYNC` added by the kernel for `RWF_DSYNC` / `RWF_SYNC` writes.
+    pub(super) fn of_write_flags(flags: u32) -> Durability {
+        // O_SYNC is __O_SYNC | O_DSYNC on Linux: test all of its bits.
+        let o_sync = libc::O_SYNC as u32;
+        if flags & o_sync == o_sync {
+            Durability::DataAndMetadata
+        } else if flags & libc::O_DSYNC as u32 != 0 {
+            Durability::Data
+        } else {
+            Durability::Written
+        }
+    }
+}
+
 /// A write waiting for its range lock or in progress.
 #[derive(Debug)]
 pub struct WriteJob {
     offset: u64,
     len: usize,
+    durability: Durability,
     /// The request's data (in-place page + spill-over), windowed to `len`.
     payload: Chain,
 }
@@ -31,6 +69,7 @@ impl QueueHandler {
         &mut self,
         job: Job,
         offset: u64,
+        durability: Durability,
         incoming: Incoming,
         io: &mut QueueIo<'_, Pending>,
     ) {
@@ -52,6 +91,7 @@ impl QueueHandler {
             WriteJob {
                 offset,
                 len,
+                durability,
                 payload,
             },
             io,
@@ -77,49 +117,100 @@ impl QueueHandler {
         io.reply_data(job, chain);
     }
 
-    /// An aligned WRITE is on the image.
+    /// An aligned WRITE is on the image. `placed` is its lock, length and
+    /// durability.
     pub(super) fn write_done(
         &mut self,
         job: Job,
         result: i32,
         chain: Chain,
-        lock: LockId,
-        len: usize,
+        placed: (LockId, usize, Durability),
         io: &mut QueueIo<'_, Pending>,
     ) {
-        let unique = job.unique();
+        let (lock, len, durability) = placed;
         io.pool().give_chain(chain);
         self.unlock(lock, io);
         if result < 0 {
             io.reply_error(job, Errno::from_any(result));
         } else {
-            io.reply(job, write_reply(unique, (result as usize).min(len)));
+            self.answer_write(job, (result as usize).min(len), durability, io);
+        }
+    }
+
+    /// The write's bytes are on the image: answer, or first make them
+    /// durable if the client asked for that. The range lock is already
+    /// released: the sync covers whatever the range holds by then, and a
+    /// later overlapping write has its own durability.
+    fn answer_write(
+        &mut self,
+        job: Job,
+        written: usize,
+        durability: Durability,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
+        let datasync = match durability {
+            Durability::Data => true,
+            Durability::DataAndMetadata => false,
+            Durability::Written => {
+                let unique = job.unique();
+                return io.reply(job, write_reply(unique, written));
+            }
+        };
+        if written == 0 {
+            let unique = job.unique();
+            return io.reply(job, write_reply(unique, 0));
+        }
+        io.submit(
+            job,
+            BackingOp::Fsync {
+                file: IMAGE,
+                datasync,
+            },
+            Chain::new(),
+            Pending::WriteSync { written },
+        );
+    }
+
+    /// A synchronous write's data is durable (or the sync failed, and so
+    /// does the write: the client must not believe it is stable).
+    pub(super) fn write_synced(
+        &mut self,
+        job: Job,
+        result: i32,
+        chain: Chain,
+        written: usize,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
+        io.pool().give_chain(chain);
+        if result < 0 {
+            io.reply_error(job, Errno::from_any(result));
+        } else {
+            let unique = job.unique();
+            io.reply(job, write_reply(unique, written));
         }
     }
 
     /// The merged blocks of a read-modify-write are on the image. `placed`
-    /// is the lock, the write's offset in the merged range and its length.
+    /// is the lock, the write's offset in the merged range, its length and
+    /// its durability.
     pub(super) fn rmw_written(
         &mut self,
         job: Job,
         result: i32,
         chain: Chain,
         payload: Chain,
-        placed: (LockId, usize, usize),
+        placed: (LockId, usize, usize, Durability),
         io: &mut QueueIo<'_, Pending>,
     ) {
-        let (lock, skip, len) = placed;
-        let unique = job.unique();
+        let (lock, skip, len, durability) = placed;
         io.pool().give_chain(payload);
         io.pool().give_chain(chain);
         self.unlock(lock, io);
         if result < 0 {
             io.reply_error(job, Errno::from_any(result));
         } else {
-            io.reply(
-                job,
-                write_reply(unique, (result as usize).saturating_sub(skip).min(len)),
-            );
+            let written = (result as usize).saturating_sub(skip).min(len);
+            self.answer_write(job, written, durability, io);
         }
     }
 
@@ -240,6 +331,7 @@ impl QueueHandler {
             let WriteJob {
                 offset,
                 len,
+                durability,
                 payload,
             } = write;
             io.submit(
@@ -249,7 +341,11 @@ impl QueueHandler {
                     offset,
                 },
                 payload,
-                Pending::Write { lock, len },
+                Pending::Write {
+                    lock,
+                    len,
+                    durability,
+                },
             );
             return;
         }
@@ -363,6 +459,7 @@ impl QueueHandler {
                 payload: write.payload,
                 skip,
                 len: write.len,
+                durability: write.durability,
             },
         );
     }
@@ -380,7 +477,7 @@ pub(super) fn write_reply(unique: u64, written: usize) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::aligned_range;
+    use super::{Durability, aligned_range};
 
     #[test]
     fn aligned_range_covers_the_request() {
@@ -392,5 +489,31 @@ mod tests {
             (4096, 4096 + 69632 + 4096)
         );
         assert_eq!(aligned_range(10, 5, 1), (10, 15));
+    }
+
+    #[test]
+    fn durability_follows_the_forwarded_flags() {
+        let rdwr = libc::O_RDWR as u32;
+        let direct = libc::O_DIRECT as u32;
+        assert_eq!(Durability::of_write_flags(rdwr), Durability::Written);
+        assert_eq!(
+            Durability::of_write_flags(rdwr | direct),
+            Durability::Written
+        );
+        assert_eq!(
+            Durability::of_write_flags(rdwr | libc::O_DSYNC as u32),
+            Durability::Data
+        );
+        assert_eq!(
+            Durability::of_write_flags(rdwr | direct | libc::O_SYNC as u32),
+            Durability::DataAndMetadata
+        );
+        // __O_SYNC alone (never sent by Linux, which always adds O_DSYNC)
+        // is not O_SYNC.
+        let o_sync_only = (libc::O_SYNC & !libc::O_DSYNC) as u32;
+        assert_eq!(
+            Durability::of_write_flags(rdwr | o_sync_only),
+            Durability::Written
+        );
     }
 }
