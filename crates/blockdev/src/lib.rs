@@ -12,5 +12,5 @@ mod image;
 pub mod range_lock;
 
 pub use export::{DirectOpens, Export, ExportOptions, Presentation};
-pub use handler::{Durability, Pending, QueueHandler, WriteJob};
+pub use handler::{Pending, QueueHandler, WriteJob};
 pub use image::{CacheMode, Image, OpenError};

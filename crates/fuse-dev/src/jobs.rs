@@ -99,8 +99,13 @@ impl<S> QueueIo<'_, S> {
             BackingOp::Read { file: f, offset } => opcode::Readv::new(file(f), iov, iov_count)
                 .offset(offset)
                 .build(),
-            BackingOp::Write { file: f, offset } => opcode::Writev::new(file(f), iov, iov_count)
+            BackingOp::Write {
+                file: f,
+                offset,
+                rw_flags,
+            } => opcode::Writev::new(file(f), iov, iov_count)
                 .offset(offset)
+                .rw_flags(rw_flags.bits() as i32)
                 .build(),
             BackingOp::Fsync { file: f, datasync } => {
                 let flags = if datasync {

@@ -38,7 +38,8 @@ use crate::export::Export;
 use crate::image::Image;
 use crate::range_lock::LockId;
 
-pub use rw::{Durability, WriteJob};
+use rw::Durability;
+pub use rw::WriteJob;
 use size::AfterResize;
 
 /// The image is the only backing file, registered first.
@@ -75,8 +76,6 @@ pub enum Pending {
         lock: LockId,
         /// Bytes requested.
         len: usize,
-        /// What the write must reach before it is answered.
-        durability: Durability,
     },
     /// Read-modify-write: reading the partial head or tail block.
     RmwFill {
@@ -97,13 +96,6 @@ pub enum Pending {
         skip: usize,
         /// Bytes requested.
         len: usize,
-        /// What the write must reach before it is answered.
-        durability: Durability,
-    },
-    /// A synchronous (O_DSYNC / O_SYNC) WRITE is on the image; syncing it.
-    WriteSync {
-        /// Bytes written, for the reply.
-        written: usize,
     },
     /// FALLOCATE.
     Fallocate {
@@ -302,11 +294,7 @@ impl Handler for QueueHandler {
         } = done;
         match state {
             Pending::Read { skip, len } => self.read_done(job, result, chain, skip, len, io),
-            Pending::Write {
-                lock,
-                len,
-                durability,
-            } => self.write_done(job, result, chain, (lock, len, durability), io),
+            Pending::Write { lock, len } => self.write_done(job, result, chain, lock, len, io),
             state @ Pending::RmwFill { .. } => self.rmw_filled(
                 job,
                 Completion {
@@ -321,16 +309,7 @@ impl Handler for QueueHandler {
                 payload,
                 skip,
                 len,
-                durability,
-            } => self.rmw_written(
-                job,
-                result,
-                chain,
-                payload,
-                (lock, skip, len, durability),
-                io,
-            ),
-            Pending::WriteSync { written } => self.write_synced(job, result, chain, written, io),
+            } => self.rmw_written(job, result, chain, payload, (lock, skip, len), io),
             Pending::Fallocate { lock, resizes } => {
                 self.fallocate_done(job, result, chain, lock, resizes, io)
             }

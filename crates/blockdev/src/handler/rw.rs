@@ -4,15 +4,17 @@
 //! A WRITE from a client that asked for synchronous writes (`O_DSYNC` or
 //! `O_SYNC` at open, or `RWF_DSYNC` / `RWF_SYNC` on the call: the kernel
 //! forwards all four as `O_DSYNC` / `O_SYNC` in `fuse_write_in.flags`) is
-//! answered only once its data is on stable storage: after the write, the
-//! image is synced (`fdatasync` for `O_DSYNC`, `fsync` for `O_SYNC`) before
-//! the reply. Other writes are answered once the image has them, which with
-//! `--cache none` may still mean the disk's volatile cache; FLUSH and FSYNC
-//! make those durable.
+//! answered only once its data is on stable storage: the image write itself
+//! carries `RWF_DSYNC` / `RWF_SYNC`, so the kernel completes it only when
+//! durable (a FUA write or a write and a flush with O_DIRECT; the write and
+//! an `fdatasync`/`fsync` of the range when buffered). Other writes are
+//! answered once the image has them, which with `--cache none` may still
+//! mean the disk's volatile cache; FLUSH and FSYNC make those durable.
 
 use fuse_dev::{BackingOp, Chain, Completion, Incoming, Job, QueueIo};
 use fuse_proto::abi::WriteOut;
 use fuse_proto::reply::{Errno, Reply};
+use rustix::io::ReadWriteFlags;
 
 use super::{IMAGE, MAX_OFFSET, Parked, Pending, QueueHandler};
 use crate::export::errno_of;
@@ -20,7 +22,7 @@ use crate::range_lock::LockId;
 
 /// What a WRITE must reach before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
+pub(super) enum Durability {
     /// The image has the data (with `--cache none` possibly only in the
     /// disk's volatile cache; a later FLUSH/FSYNC makes it durable).
     Written,
@@ -42,6 +44,16 @@ impl Durability {
             Durability::Data
         } else {
             Durability::Written
+        }
+    }
+
+    /// The `RWF_*` flags that make the image write complete only once it
+    /// is this durable.
+    fn rw_flags(self) -> ReadWriteFlags {
+        match self {
+            Durability::Written => ReadWriteFlags::empty(),
+            Durability::Data => ReadWriteFlags::DSYNC,
+            Durability::DataAndMetadata => ReadWriteFlags::SYNC,
         }
     }
 }
@@ -117,100 +129,50 @@ impl QueueHandler {
         io.reply_data(job, chain);
     }
 
-    /// An aligned WRITE is on the image. `placed` is its lock, length and
-    /// durability.
+    /// An aligned WRITE is on the image (durable if it asked for that).
     pub(super) fn write_done(
         &mut self,
         job: Job,
         result: i32,
         chain: Chain,
-        placed: (LockId, usize, Durability),
+        lock: LockId,
+        len: usize,
         io: &mut QueueIo<'_, Pending>,
     ) {
-        let (lock, len, durability) = placed;
+        let unique = job.unique();
         io.pool().give_chain(chain);
         self.unlock(lock, io);
         if result < 0 {
             io.reply_error(job, Errno::from_any(result));
         } else {
-            self.answer_write(job, (result as usize).min(len), durability, io);
+            io.reply(job, write_reply(unique, (result as usize).min(len)));
         }
     }
 
-    /// The write's bytes are on the image: answer, or first make them
-    /// durable if the client asked for that. The range lock is already
-    /// released: the sync covers whatever the range holds by then, and a
-    /// later overlapping write has its own durability.
-    fn answer_write(
-        &mut self,
-        job: Job,
-        written: usize,
-        durability: Durability,
-        io: &mut QueueIo<'_, Pending>,
-    ) {
-        let datasync = match durability {
-            Durability::Data => true,
-            Durability::DataAndMetadata => false,
-            Durability::Written => {
-                let unique = job.unique();
-                return io.reply(job, write_reply(unique, written));
-            }
-        };
-        if written == 0 {
-            let unique = job.unique();
-            return io.reply(job, write_reply(unique, 0));
-        }
-        io.submit(
-            job,
-            BackingOp::Fsync {
-                file: IMAGE,
-                datasync,
-            },
-            Chain::new(),
-            Pending::WriteSync { written },
-        );
-    }
-
-    /// A synchronous write's data is durable (or the sync failed, and so
-    /// does the write: the client must not believe it is stable).
-    pub(super) fn write_synced(
-        &mut self,
-        job: Job,
-        result: i32,
-        chain: Chain,
-        written: usize,
-        io: &mut QueueIo<'_, Pending>,
-    ) {
-        io.pool().give_chain(chain);
-        if result < 0 {
-            io.reply_error(job, Errno::from_any(result));
-        } else {
-            let unique = job.unique();
-            io.reply(job, write_reply(unique, written));
-        }
-    }
-
-    /// The merged blocks of a read-modify-write are on the image. `placed`
-    /// is the lock, the write's offset in the merged range, its length and
-    /// its durability.
+    /// The merged blocks of a read-modify-write are on the image (durable
+    /// if the write asked for that). `placed` is the lock, the write's
+    /// offset in the merged range and its length.
     pub(super) fn rmw_written(
         &mut self,
         job: Job,
         result: i32,
         chain: Chain,
         payload: Chain,
-        placed: (LockId, usize, usize, Durability),
+        placed: (LockId, usize, usize),
         io: &mut QueueIo<'_, Pending>,
     ) {
-        let (lock, skip, len, durability) = placed;
+        let (lock, skip, len) = placed;
+        let unique = job.unique();
         io.pool().give_chain(payload);
         io.pool().give_chain(chain);
         self.unlock(lock, io);
         if result < 0 {
             io.reply_error(job, Errno::from_any(result));
         } else {
-            let written = (result as usize).saturating_sub(skip).min(len);
-            self.answer_write(job, written, durability, io);
+            io.reply(
+                job,
+                write_reply(unique, (result as usize).saturating_sub(skip).min(len)),
+            );
         }
     }
 
@@ -339,13 +301,10 @@ impl QueueHandler {
                 BackingOp::Write {
                     file: IMAGE,
                     offset,
+                    rw_flags: durability.rw_flags(),
                 },
                 payload,
-                Pending::Write {
-                    lock,
-                    len,
-                    durability,
-                },
+                Pending::Write { lock, len },
             );
             return;
         }
@@ -452,6 +411,7 @@ impl QueueHandler {
             BackingOp::Write {
                 file: IMAGE,
                 offset: start,
+                rw_flags: write.durability.rw_flags(),
             },
             chain,
             Pending::RmwWrite {
@@ -459,7 +419,6 @@ impl QueueHandler {
                 payload: write.payload,
                 skip,
                 len: write.len,
-                durability: write.durability,
             },
         );
     }
