@@ -1093,3 +1093,27 @@ impl Drop for MountedFs {
         }
     }
 }
+
+impl<'dir> Server<'dir> {
+    /// [`Server::export`] of an image whose size `stat` does not show (a
+    /// block device, whose node has size 0): ready once the export shows
+    /// `image_size` bytes.
+    pub fn export_sized(
+        dir: &'dir TestDir,
+        image: &Path,
+        image_size: u64,
+        mount: &Path,
+        extra_args: &[&str],
+    ) -> Server<'dir> {
+        let mut args: Vec<OsString> = vec![
+            "--image".into(),
+            image.into(),
+            "--mount".into(),
+            mount.into(),
+        ];
+        args.extend(extra_args.iter().map(OsString::from));
+        let mut server = Server::spawn(dir, &args, mount);
+        server.wait_until_ready(image_size, mount);
+        server
+    }
+}

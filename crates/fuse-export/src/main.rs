@@ -19,7 +19,7 @@ use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
 #[derive(Debug, Parser)]
 #[command(name = "fuse-export", version, about)]
 struct Args {
-    /// The raw image file to serve.
+    /// The raw image to serve: a regular file or a block device.
     #[arg(long, value_name = "PATH")]
     image: PathBuf,
 
@@ -253,6 +253,12 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let image = Image::open(&args.image, args.read_only, cache)
         .map_err(|err| Failure::usage(err.to_string()))?;
+    if args.growable && !image.resizable() {
+        return Err(Failure::usage(format!(
+            "image {}: is a block device, which cannot grow; --growable needs a regular file",
+            args.image.display()
+        )));
+    }
     if let Some(bounds) = &args.spill_tiers {
         SpillLayout::new(args.max_write, bounds)
             .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?;
@@ -328,6 +334,14 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let passthrough = match args.transport {
         Transport::Readv => None,
+        // FUSE_DEV_IOC_BACKING_OPEN refuses a block device (EINVAL on 6.18).
+        Transport::Passthrough if image.is_block_device() => {
+            log::warn!(
+                "passthrough needs a regular file as the image, not a block device; \
+                 serving READ/WRITE with readv"
+            );
+            None
+        }
         Transport::Passthrough => match session.open_backing(image.as_fd()) {
             Ok(backing_id) => Some(backing_id),
             Err(err) => {
@@ -369,6 +383,9 @@ fn run(args: Args) -> Result<(), Failure> {
     } else {
         "buffered".to_string()
     }];
+    if image.is_block_device() {
+        traits.push("block device".into());
+    }
     if image.is_read_only() {
         traits.push("read-only".into());
     }
