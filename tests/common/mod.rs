@@ -1348,3 +1348,174 @@ impl Drop for SmallFilesystem {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Block devices and filesystems made by a test
+
+/// A loop device attached to a file (`losetup --find --show`); detached on
+/// drop.
+#[derive(Debug)]
+pub struct LoopDevice {
+    device: PathBuf,
+}
+
+impl LoopDevice {
+    pub fn attach(file: &Path, extra_args: &[&str]) -> LoopDevice {
+        let output = run_ok(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .args(extra_args)
+                .arg(file),
+        );
+        let device = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert!(
+            device.starts_with("/dev/loop"),
+            "losetup printed no device: {device:?}"
+        );
+        LoopDevice {
+            device: PathBuf::from(device),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.device
+    }
+
+    /// `/sys/block/loopN/<attribute>`.
+    fn sysfs_path(&self, attribute: &str) -> PathBuf {
+        let name = self.device.file_name().expect("a device name");
+        Path::new("/sys/block").join(name).join(attribute)
+    }
+
+    /// `/sys/block/loopN/loop/<attribute>`.
+    pub fn sysfs(&self, attribute: &str) -> String {
+        let path = self.sysfs_path(&format!("loop/{attribute}"));
+        fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// Flush requests the device has completed: field 16 ("flush I/Os") of
+    /// `/sys/block/loopN/stat` (Documentation/block/stat.rst).
+    pub fn flushes(&self) -> u64 {
+        let path = self.sysfs_path("stat");
+        let stat = fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+        let fields: Vec<&str> = stat.split_whitespace().collect();
+        let field = fields.get(15).unwrap_or_else(|| {
+            panic!(
+                "{} has {} fields; this kernel does not count flushes",
+                path.display(),
+                fields.len()
+            )
+        });
+        field
+            .parse()
+            .unwrap_or_else(|err| panic!("flush count {field:?} in {}: {err}", path.display()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let detached = Command::new("losetup")
+            .arg("-d")
+            .arg(&self.device)
+            .stdin(Stdio::null())
+            .status();
+        if !detached.as_ref().is_ok_and(|status| status.success()) {
+            eprintln!("losetup -d {} failed: {detached:?}", self.device.display());
+        }
+    }
+}
+
+/// A filesystem mounted on a directory; unmounted on drop (retrying while
+/// busy, then lazily).
+#[derive(Debug)]
+pub struct MountedFs {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+/// How long an unmount retries while the filesystem is busy. A server that
+/// has exited can still hold its image open for a moment: the kernel drops
+/// the files registered with an io_uring asynchronously, after the process
+/// is gone.
+const BUSY_UNMOUNT_RETRY: Duration = Duration::from_secs(5);
+
+impl MountedFs {
+    /// `mount [-o options] device dir`.
+    pub fn mount(device: &Path, dir: &Path, options: Option<&str>) -> MountedFs {
+        let mut command = Command::new("mount");
+        if let Some(options) = options {
+            command.args(["-o", options]);
+        }
+        run_ok(command.arg(device).arg(dir));
+        MountedFs {
+            dir: dir.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmounts now, failing the test if it stays busy.
+    pub fn unmount(mut self) {
+        let result = self.unmount_retrying();
+        self.mounted = false;
+        if let Err(err) = result {
+            let _ = rustix::mount::unmount(&self.dir, UnmountFlags::DETACH);
+            panic!("umount {}: {err}", self.dir.display());
+        }
+    }
+
+    fn unmount_retrying(&self) -> rustix::io::Result<()> {
+        let deadline = Instant::now() + BUSY_UNMOUNT_RETRY;
+        loop {
+            match rustix::mount::unmount(&self.dir, UnmountFlags::empty()) {
+                Err(rustix::io::Errno::BUSY) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        if let Err(err) = self.unmount_retrying() {
+            eprintln!("umount {} failed ({err}); detaching it", self.dir.display());
+            let _ = rustix::mount::unmount(&self.dir, UnmountFlags::DETACH);
+        }
+    }
+}
+
+impl<'dir> Server<'dir> {
+    /// [`Server::export`] of an image whose size `stat` does not show (a
+    /// block device, whose node has size 0): ready once the export shows
+    /// `image_size` bytes.
+    pub fn export_sized(
+        dir: &'dir TestDir,
+        image: &Path,
+        image_size: u64,
+        mount: &Path,
+        extra_args: &[&str],
+    ) -> Server<'dir> {
+        let mut args: Vec<OsString> = vec![
+            "--image".into(),
+            image.into(),
+            "--mount".into(),
+            mount.into(),
+        ];
+        args.extend(extra_args.iter().map(OsString::from));
+        let mut server = Server::spawn(dir, &args, mount);
+        server.wait_until_ready(image_size, mount);
+        server
+    }
+}

@@ -186,10 +186,16 @@ impl Export {
         let stat = self.image.stat()?;
         let shown = self.presentation();
         let size = self.current_size()?;
+        // A device presents itself as a fully allocated regular file.
+        let blocks = if self.image.is_block_device() {
+            size.div_ceil(512)
+        } else {
+            stat.st_blocks as u64
+        };
         Ok(Attr {
             ino: self.file_ino(),
             size,
-            blocks: stat.st_blocks as u64,
+            blocks,
             atime: stat.st_atime as u64,
             mtime: stat.st_mtime as u64,
             ctime: stat.st_ctime as u64,
@@ -326,8 +332,30 @@ impl Export {
         self.getattr_reply(unique, self.file_ino())
     }
 
-    /// A STATFS reply describing the filesystem that holds the image.
+    /// A STATFS reply describing the filesystem that holds the image; for a
+    /// block device (whose node lives on devtmpfs) a full filesystem exactly
+    /// the device's size.
     pub(crate) fn statfs_reply(&self, unique: u64) -> Reply {
+        if self.image.is_block_device() {
+            let bsize = PAGE_SIZE.max(self.image.alignment() as usize) as u64;
+            return Reply::with(
+                unique,
+                &StatfsOut {
+                    st: Kstatfs {
+                        blocks: self.image.size() / bsize,
+                        bfree: 0,
+                        bavail: 0,
+                        files: 1,
+                        ffree: 0,
+                        bsize: bsize as u32,
+                        namelen: 255,
+                        frsize: bsize as u32,
+                        padding: 0,
+                        spare: [0; 6],
+                    },
+                },
+            );
+        }
         match self.image.statvfs() {
             Ok(vfs) => Reply::with(
                 unique,

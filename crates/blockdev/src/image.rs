@@ -1,9 +1,15 @@
 //! The backing image: opening it (O_DIRECT when possible), its alignment,
 //! its size and attributes.
+//!
+//! The image is a regular file or a block device (an LVM volume, a loop or
+//! NBD device). A device's size and alignment come from the device (its size
+//! at open, its logical block size); it cannot be resized, every byte of it
+//! is data, and it offers only the fallocate modes `blkdev_fallocate` has.
 
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +75,8 @@ pub struct Image {
     alignment: AtomicU64,
     size: AtomicU64,
     read_only: bool,
+    /// A block device rather than a regular file.
+    block_device: bool,
     /// Serialises size changes so that a grow never undoes a larger grow.
     resize: Mutex<()>,
 }
@@ -96,9 +104,10 @@ impl Image {
                 io::ErrorKind::InvalidInput,
             ));
         }
-        if !meta.is_file() {
+        let block_device = meta.file_type().is_block_device();
+        if !meta.is_file() && !block_device {
             return Err(fail(
-                "is not a regular file (only raw image files are supported)".into(),
+                "is neither a regular file nor a block device".into(),
                 io::ErrorKind::InvalidInput,
             ));
         }
@@ -131,19 +140,38 @@ impl Image {
             StatxFlags::BASIC_STATS | StatxFlags::DIOALIGN,
         )
         .map_err(|e| fail(format!("statx: {e}"), io::Error::from(e).kind()))?;
-        if FileType::from_raw_mode(stat.stx_mode as u32) != FileType::RegularFile {
+        // The path may have been replaced between the stat and the open.
+        let expected = if block_device {
+            FileType::BlockDevice
+        } else {
+            FileType::RegularFile
+        };
+        if FileType::from_raw_mode(stat.stx_mode as u32) != expected {
             return Err(fail(
-                "is not a regular file".into(),
+                "changed type while being opened".into(),
                 io::ErrorKind::InvalidInput,
             ));
         }
-        let size = stat.stx_size;
+        let device_error = |what: &str, err: rustix::io::Errno| {
+            fail(format!("{what}: {err}"), io::Error::from(err).kind())
+        };
+        let size = if block_device {
+            rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0))
+                .map_err(|e| device_error("reading the device size", e))?
+        } else {
+            stat.stx_size
+        };
         let mut alignment = 1;
         if direct {
             let reported = StatxFlags::from_bits_retain(stat.stx_mask)
                 .contains(StatxFlags::DIOALIGN)
                 && stat.stx_dio_offset_align != 0;
-            alignment = if reported {
+            alignment = if block_device {
+                // O_DIRECT on a device works in its logical blocks.
+                rustix::fs::ioctl_blksszget(&fd)
+                    .map_err(|e| device_error("BLKSSZGET", e))?
+                    .into()
+            } else if reported {
                 stat.stx_dio_offset_align as u64
             } else {
                 FALLBACK_DIO_ALIGN
@@ -178,6 +206,7 @@ impl Image {
             alignment: AtomicU64::new(alignment),
             size: AtomicU64::new(size),
             read_only,
+            block_device,
             resize: Mutex::new(()),
         })
     }
@@ -217,9 +246,31 @@ impl Image {
         self.read_only
     }
 
+    /// Whether the image is a block device (not a regular file).
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// Whether the image's size can change: a regular file can be resized,
+    /// a block device cannot (resizes fail with `EOPNOTSUPP`, as QEMU's
+    /// `host_device` answers "Cannot resize device files").
+    pub fn resizable(&self) -> bool {
+        !self.block_device
+    }
+
+    /// Fails unless the image can be resized.
+    fn check_resizable(&self) -> io::Result<()> {
+        if self.resizable() {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        }
+    }
+
     /// Resizes the image to exactly `size` (callers hold the whole-image
     /// range lock, so no write is in flight).
     pub fn set_size(&self, size: u64) -> io::Result<()> {
+        self.check_resizable()?;
         let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
         self.keep_size_aligned(size)?;
         rustix::fs::ftruncate(&self.fd, size)?;
@@ -233,6 +284,7 @@ impl Image {
     /// mode: O_DIRECT cannot write a partial last block, so an `end` that
     /// is not a multiple of the alignment switches to buffered I/O first.
     pub fn prepare_growth(&self, end: u64) -> io::Result<()> {
+        self.check_resizable()?;
         let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
         self.keep_size_aligned(end)
     }
@@ -249,6 +301,10 @@ impl Image {
     /// Re-reads the size after an operation that may have changed it
     /// (fallocate without KEEP_SIZE).
     pub fn refresh_size(&self) -> io::Result<u64> {
+        if self.block_device {
+            // Fixed while exported: the size the device had at open.
+            return Ok(self.size());
+        }
         let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
         let size = rustix::fs::fstat(&self.fd)?.st_size as u64;
         self.keep_size_aligned(size)?;
@@ -277,8 +333,12 @@ impl Image {
         Ok(())
     }
 
-    /// `lseek(SEEK_DATA)` / `lseek(SEEK_HOLE)` on the image.
+    /// `lseek(SEEK_DATA)` / `lseek(SEEK_HOLE)` on the image. Every byte of
+    /// a block device is data.
     pub fn seek(&self, offset: u64, data: bool) -> io::Result<u64> {
+        if self.block_device {
+            return Ok(if data { offset } else { self.size() });
+        }
         let whence = if data {
             rustix::fs::SeekFrom::Data(offset)
         } else {
@@ -312,6 +372,21 @@ impl Image {
     /// `fstatvfs` of the filesystem holding the image.
     pub fn statvfs(&self) -> io::Result<rustix::fs::StatVfs> {
         Ok(rustix::fs::fstatvfs(&self.fd)?)
+    }
+
+    /// Whether `fallocate(2)` with `mode` can work on this image. A block
+    /// device offers zeroing only (`blkdev_fallocate`): `ZERO_RANGE` (with
+    /// or without `KEEP_SIZE`) and `PUNCH_HOLE | KEEP_SIZE` (if the device
+    /// can unmap; otherwise it answers `EOPNOTSUPP` itself); allocating
+    /// (mode 0, `KEEP_SIZE` alone) is not supported.
+    pub fn fallocate_supported(&self, mode: u32) -> bool {
+        const KEEP_SIZE: u32 = libc::FALLOC_FL_KEEP_SIZE as u32;
+        const PUNCH_HOLE: u32 = libc::FALLOC_FL_PUNCH_HOLE as u32;
+        const ZERO_RANGE: u32 = libc::FALLOC_FL_ZERO_RANGE as u32;
+        !self.block_device
+            || mode == ZERO_RANGE
+            || mode == ZERO_RANGE | KEEP_SIZE
+            || mode == PUNCH_HOLE | KEEP_SIZE
     }
 
     /// Writes everything to stable storage (at shutdown).
@@ -375,6 +450,29 @@ mod tests {
         assert!(!image.is_direct());
         assert_eq!(image.alignment(), 1);
         assert_eq!(image.size(), 1000);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn character_device_is_rejected() {
+        let err = Image::open(Path::new("/dev/null"), true, CacheMode::None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image /dev/null: is neither a regular file nor a block device"
+        );
+        assert_eq!(err.kind, io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_file_is_resizable_and_allocates() {
+        let dir = temp_dir("file-kind");
+        let path = dir.join("file.raw");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let image = Image::open(&path, false, CacheMode::Writeback).unwrap();
+        assert!(!image.is_block_device());
+        assert!(image.resizable());
+        assert!(image.fallocate_supported(0));
+        assert!(image.fallocate_supported(libc::FALLOC_FL_KEEP_SIZE as u32));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

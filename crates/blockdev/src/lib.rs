@@ -1,4 +1,4 @@
-//! The block export: serving one raw image file through FUSE.
+//! The block export: serving one raw image (a file or a block device) through FUSE.
 //!
 //! [`Image`] opens the image (O_DIRECT when possible) and knows its size and
 //! alignment; [`Export`] holds what all queues share; [`QueueHandler`]

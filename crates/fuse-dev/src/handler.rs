@@ -25,12 +25,16 @@ pub enum BackingOp {
         /// Byte offset.
         offset: u64,
     },
-    /// `pwritev` from the chain's windows.
+    /// `pwritev2` from the chain's windows.
     Write {
         /// The file.
         file: BackingFile,
         /// Byte offset.
         offset: u64,
+        /// `RWF_*` flags: `DSYNC` / `SYNC` complete the write only once it
+        /// is durable (FUA or a flush with O_DIRECT, write + sync when
+        /// buffered).
+        rw_flags: rustix::io::ReadWriteFlags,
     },
     /// `fsync` / `fdatasync`.
     Fsync {

@@ -441,8 +441,13 @@ fn backing_sqe(
         BackingOp::Read { file, offset } => opcode::Readv::new(fixed(file)?, iov, count)
             .offset(offset)
             .build(),
-        BackingOp::Write { file, offset } => opcode::Writev::new(fixed(file)?, iov, count)
+        BackingOp::Write {
+            file,
+            offset,
+            rw_flags,
+        } => opcode::Writev::new(fixed(file)?, iov, count)
             .offset(offset)
+            .rw_flags(rw_flags.bits() as i32)
             .build(),
         BackingOp::Fsync { file, datasync } => {
             let flags = if datasync {

@@ -1146,3 +1146,438 @@ fn capture_golden_frames() {
     let (result, _) = probe.serve_until_done(&client);
     assert_eq!(result, Ok(PAGE), "the interrupted pread still completes");
 }
+
+// ---------------------------------------------------------------------------
+// Synchronous writes: what the kernel tells the server about O_DSYNC/O_SYNC
+
+/// `O_DSYNC` (rustix's `OFlags::DSYNC` is `O_SYNC` on Linux).
+const O_DSYNC: OFlags = OFlags::from_bits_retain(libc::O_DSYNC as u32);
+/// `FOPEN_PASSTHROUGH`.
+const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+/// `FUSE_FSYNC_FDATASYNC`.
+const FSYNC_FDATASYNC: u32 = 1;
+
+/// A client's way of writing one page at offset 0 (then closing the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageWrite {
+    /// `pwritev2(flags)` on a file opened with `open_flags`.
+    Sync {
+        open_flags: OFlags,
+        write_flags: rustix::io::ReadWriteFlags,
+    },
+    /// `IORING_OP_WRITE` with `rw_flags` on a file opened with `open_flags`
+    /// (an asynchronous kiocb, as AIO and io_uring clients issue).
+    Async {
+        open_flags: OFlags,
+        rw_flags: rustix::io::ReadWriteFlags,
+    },
+    /// `pwrite`, then `fsync` (or `fdatasync` when `datasync`).
+    ThenSync { datasync: bool },
+}
+
+impl PageWrite {
+    fn open_flags(self) -> OFlags {
+        match self {
+            PageWrite::Sync { open_flags, .. } | PageWrite::Async { open_flags, .. } => open_flags,
+            PageWrite::ThenSync { .. } => OFlags::RDWR,
+        }
+    }
+
+    /// Runs the client's syscalls; the page is 4 KiB aligned (O_DIRECT).
+    fn run(self, path: &Path) -> Result<(), Errno> {
+        let storage = vec![PAGE_FILL; 2 * PAGE];
+        let page = &storage[storage.as_ptr().align_offset(PAGE)..][..PAGE];
+        let file = open_file(path, self.open_flags())?;
+        match self {
+            PageWrite::Sync { write_flags, .. } => {
+                let written =
+                    rustix::io::pwritev2(&file, &[std::io::IoSlice::new(page)], 0, write_flags)?;
+                assert_eq!(written, PAGE, "{self:?}: short write");
+            }
+            PageWrite::Async { rw_flags, .. } => {
+                let written = io_uring_write(&file, rw_flags)?;
+                assert_eq!(written, PAGE as i32, "{self:?}: io_uring write");
+            }
+            PageWrite::ThenSync { datasync } => {
+                assert_eq!(rustix::io::pwrite(&file, page, 0)?, PAGE);
+                if datasync {
+                    rustix::fs::fdatasync(&file)?;
+                } else {
+                    rustix::fs::fsync(&file)?;
+                }
+            }
+        }
+        drop(file);
+        Ok(())
+    }
+}
+
+/// The byte every probe page write writes.
+const PAGE_FILL: u8 = 0x5a;
+
+/// One `IORING_OP_WRITE` of a 4 KiB-aligned page of [`PAGE_FILL`] at offset
+/// 0 with `rw_flags`; returns the CQE result.
+fn io_uring_write(file: &OwnedFd, rw_flags: rustix::io::ReadWriteFlags) -> Result<i32, Errno> {
+    let mut ring =
+        io_uring::IoUring::new(2).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
+    let storage = vec![PAGE_FILL; 2 * PAGE];
+    let page = &storage[storage.as_ptr().align_offset(PAGE)..][..PAGE];
+    let entry = io_uring::opcode::Write::new(
+        io_uring::types::Fd(file.as_raw_fd()),
+        page.as_ptr(),
+        PAGE as u32,
+    )
+    .offset(0)
+    .rw_flags(rw_flags.bits() as i32)
+    .build();
+    // SAFETY: `storage` stays alive until the operation completes: the loop
+    // below returns only after its CQE arrived, or leaks `storage` when
+    // waiting fails.
+    unsafe { ring.submission().push(&entry) }.expect("an empty submission queue has room");
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => break,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                std::mem::forget(storage);
+                return Err(Errno::from_io_error(&err).unwrap_or(Errno::IO));
+            }
+        }
+    }
+    let cqe = ring
+        .completion()
+        .next()
+        .expect("submit_and_wait(1) returned a CQE");
+    Ok(cqe.result())
+}
+
+/// What reached the server for one [`PageWrite`]: the `fuse_write_in.flags`
+/// of each WRITE and the `fsync_flags` of each FSYNC, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SyncRequest {
+    Write { flags: u32 },
+    Fsync { fsync_flags: u32 },
+    Flush,
+}
+
+impl Probe {
+    /// Serves until `client` finishes, answering OPEN with `open_out` and
+    /// FSYNC with success (a working server's answers otherwise); returns
+    /// the WRITE, FSYNC and FLUSH requests seen, in order.
+    fn serve_sync_requests(
+        &self,
+        client: &Client<Result<(), Errno>>,
+        open_out: OpenOut,
+    ) -> Vec<SyncRequest> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            if let Some(result) = client.try_result() {
+                result.unwrap_or_else(|err| panic!("{}: the client failed: {err}", self.test));
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the client is still blocked after {TIMEOUT:?}; seen so far: {seen:?}",
+                self.test
+            );
+            if !self
+                .poll(MOUNT_FD, Duration::from_millis(10))
+                .contains(PollFlags::IN)
+            {
+                continue;
+            }
+            let frame = match self.read_with_len(MOUNT_FD, min_read_len(self.max_write)) {
+                Ok(frame) => frame,
+                Err(Errno::AGAIN | Errno::INTR) => continue,
+                Err(err) => panic!("{}: reading /dev/fuse: {err}", self.test),
+            };
+            let unique = frame.unique();
+            match frame.opcode() {
+                Opcode::OPEN => self.reply(MOUNT_FD, Reply::with(unique, &open_out).as_bytes()),
+                Opcode::FSYNC => {
+                    let fsync: fuse_proto::abi::FsyncIn = frame.body();
+                    seen.push(SyncRequest::Fsync {
+                        fsync_flags: fsync.fsync_flags,
+                    });
+                    self.reply(MOUNT_FD, Reply::empty(unique).as_bytes());
+                }
+                opcode => {
+                    if opcode == Opcode::WRITE {
+                        let write: WriteIn = frame.body();
+                        seen.push(SyncRequest::Write { flags: write.flags });
+                    } else if opcode == Opcode::FLUSH {
+                        seen.push(SyncRequest::Flush);
+                    }
+                    self.answer_default(MOUNT_FD, &frame);
+                }
+            }
+        }
+    }
+
+    /// Runs `write` in a client and returns what reached the server.
+    fn sync_requests_of(&self, write: PageWrite, open_out: OpenOut) -> Vec<SyncRequest> {
+        let path = self.mountpoint.clone();
+        let client = Client::spawn(move || write.run(&path));
+        self.serve_sync_requests(&client, open_out)
+    }
+}
+
+/// `fuse_write_in.flags` for a file opened with `open_flags` and written
+/// with `extra` added by the kernel (`O_LARGEFILE` is always there on
+/// 64-bit).
+fn forwarded_flags(open_flags: OFlags, extra: OFlags) -> u32 {
+    (open_flags | extra | OFlags::LARGEFILE).bits()
+}
+
+fn write_flags_name(flags: u32) -> String {
+    let flags = OFlags::from_bits_retain(flags);
+    format!("{flags:?}")
+}
+
+#[track_caller]
+fn assert_sync_requests(what: PageWrite, seen: &[SyncRequest], expected: &[SyncRequest]) {
+    let names = |requests: &[SyncRequest]| -> Vec<String> {
+        requests
+            .iter()
+            .map(|request| match request {
+                SyncRequest::Write { flags } => format!("WRITE({})", write_flags_name(*flags)),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(
+        seen,
+        expected,
+        "{what:?}: the kernel sent {:?}, expected {:?}",
+        names(seen),
+        names(expected)
+    );
+}
+
+const RWF_NONE: rustix::io::ReadWriteFlags = rustix::io::ReadWriteFlags::empty();
+const RWF_DSYNC: rustix::io::ReadWriteFlags = rustix::io::ReadWriteFlags::DSYNC;
+const RWF_SYNC: rustix::io::ReadWriteFlags = rustix::io::ReadWriteFlags::SYNC;
+
+/// On a `FOPEN_DIRECT_IO` open (fuse-export's answer to every open by
+/// default) the kernel forwards `O_DSYNC`/`O_SYNC`, from the open or from
+/// `RWF_DSYNC`/`RWF_SYNC`, in the WRITE's `flags` and sends nothing else:
+/// no FSYNC follows, so the server alone makes the write durable before it
+/// answers. `fsync`/`fdatasync` arrive as FSYNC (`fsync_flags` 0 / 1), and
+/// `close` as FLUSH.
+#[test]
+fn sync_writes_on_direct_io_opens_carry_their_flags_and_nothing_else() {
+    let Some(probe) =
+        Probe::start("sync_writes_on_direct_io_opens_carry_their_flags_and_nothing_else")
+    else {
+        return;
+    };
+    let direct_io = OpenOut {
+        fh: FILE_HANDLE,
+        open_flags: FOPEN_DIRECT_IO,
+        ..OpenOut::default()
+    };
+    let rdwr = OFlags::RDWR;
+    let write = |open_flags: OFlags, write_flags| PageWrite::Sync {
+        open_flags,
+        write_flags,
+    };
+    let cases = [
+        (write(rdwr, RWF_NONE), OFlags::empty()),
+        (write(rdwr | O_DSYNC, RWF_NONE), OFlags::empty()),
+        (write(rdwr | OFlags::SYNC, RWF_NONE), OFlags::empty()),
+        (write(rdwr, RWF_DSYNC), O_DSYNC),
+        (write(rdwr, RWF_SYNC), OFlags::SYNC),
+        (write(rdwr | OFlags::DIRECT, RWF_DSYNC), O_DSYNC),
+        (
+            PageWrite::Async {
+                open_flags: rdwr | OFlags::DIRECT,
+                rw_flags: RWF_DSYNC,
+            },
+            O_DSYNC,
+        ),
+    ];
+    for (page_write, extra) in cases {
+        let seen = probe.sync_requests_of(page_write, direct_io);
+        let flags = forwarded_flags(page_write.open_flags(), extra);
+        assert_sync_requests(
+            page_write,
+            &seen,
+            &[SyncRequest::Write { flags }, SyncRequest::Flush],
+        );
+    }
+    for datasync in [false, true] {
+        let page_write = PageWrite::ThenSync { datasync };
+        let seen = probe.sync_requests_of(page_write, direct_io);
+        assert_sync_requests(
+            page_write,
+            &seen,
+            &[
+                SyncRequest::Write {
+                    flags: forwarded_flags(OFlags::RDWR, OFlags::empty()),
+                },
+                SyncRequest::Fsync {
+                    fsync_flags: if datasync { FSYNC_FDATASYNC } else { 0 },
+                },
+                SyncRequest::Flush,
+            ],
+        );
+    }
+}
+
+/// On an open without `FOPEN_DIRECT_IO` (what `--o-direct-opens
+/// parallel-chunks` answers an O_DIRECT open with) the kernel also forwards
+/// the flags, and after a synchronous call it sends an FSYNC of its own
+/// (`generic_write_sync`: `fsync_flags` 1 for O_DSYNC, 0 for O_SYNC). An
+/// asynchronous (io_uring/AIO) O_DIRECT write gets no FSYNC: there the
+/// WRITE's flags are all the server learns.
+#[test]
+fn sync_writes_on_cached_opens_are_followed_by_fsync_unless_asynchronous() {
+    let Some(probe) =
+        Probe::start("sync_writes_on_cached_opens_are_followed_by_fsync_unless_asynchronous")
+    else {
+        return;
+    };
+    let cached = OpenOut {
+        fh: FILE_HANDLE,
+        open_flags: 0,
+        ..OpenOut::default()
+    };
+    let direct = OFlags::RDWR | OFlags::DIRECT;
+    let write = |open_flags: OFlags, write_flags| PageWrite::Sync {
+        open_flags,
+        write_flags,
+    };
+    let datasync = Some(FSYNC_FDATASYNC);
+    let cases = [
+        (write(direct, RWF_NONE), OFlags::empty(), None),
+        (write(direct, RWF_DSYNC), O_DSYNC, datasync),
+        (write(direct, RWF_SYNC), OFlags::SYNC, Some(0)),
+        (write(direct | O_DSYNC, RWF_NONE), OFlags::empty(), datasync),
+        // Buffered writes on a cached open (fuse_perform_write) too.
+        (
+            write(OFlags::RDWR | O_DSYNC, RWF_NONE),
+            OFlags::empty(),
+            datasync,
+        ),
+        (
+            PageWrite::Async {
+                open_flags: direct,
+                rw_flags: RWF_DSYNC,
+            },
+            O_DSYNC,
+            None,
+        ),
+    ];
+    for (page_write, extra, fsync) in cases {
+        let seen = probe.sync_requests_of(page_write, cached);
+        let mut expected = vec![SyncRequest::Write {
+            flags: forwarded_flags(page_write.open_flags(), extra),
+        }];
+        if let Some(fsync_flags) = fsync {
+            expected.push(SyncRequest::Fsync { fsync_flags });
+        }
+        expected.push(SyncRequest::Flush);
+        assert_sync_requests(page_write, &seen, &expected);
+    }
+}
+
+/// `FUSE_DEV_IOC_BACKING_OPEN`: registers `file` as a passthrough backing
+/// file of the connection on `device`; returns the backing id.
+fn backing_open(device: BorrowedFd<'_>, file: BorrowedFd<'_>) -> Result<i32, Errno> {
+    let map = fuse_proto::abi::BackingMap {
+        fd: file.as_raw_fd(),
+        flags: 0,
+        padding: 0,
+    };
+    // SAFETY: BACKING_OPEN reads one `fuse_backing_map` through its
+    // argument, which points at `map`, alive and initialised for the whole
+    // call; the kernel writes nothing through it. The result is the
+    // ioctl's return value.
+    let id = unsafe {
+        libc::ioctl(
+            device.as_raw_fd(),
+            fuse_proto::ioctl::DEV_IOC_BACKING_OPEN as _,
+            &raw const map,
+        )
+    };
+    if id < 0 {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+    } else {
+        Ok(id)
+    }
+}
+
+/// On a passthrough open the kernel writes the backing file itself, with
+/// the client's own flags: an O_DSYNC or RWF_DSYNC write reaches the server
+/// neither as WRITE nor as FSYNC (the backing file's write syncs it, which
+/// `tests/durability.rs` measures). `fsync`/`fdatasync` still arrive as
+/// FSYNC, and `close` as FLUSH.
+#[test]
+fn sync_writes_on_passthrough_opens_never_reach_the_server() {
+    let test = "sync_writes_on_passthrough_opens_never_reach_the_server";
+    let Some(mut probe) = Probe::mount_uninitialised(test) else {
+        return;
+    };
+    let init = probe.expect_request(MOUNT_FD, Opcode::INIT);
+    let offer: InitIn = init.body();
+    let want = InitRequest {
+        max_write: MAX_WRITE,
+        max_background: 64,
+        extra_flags: InitFlags::EMPTY,
+        max_pages_limit: max_pages_limit(),
+        passthrough: true,
+    };
+    let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
+    probe.reply(
+        MOUNT_FD,
+        Reply::init(init.unique(), &out, negotiated.minor).as_bytes(),
+    );
+    probe.max_write = negotiated.max_write;
+    if !negotiated.flags.contains(InitFlags::PASSTHROUGH) {
+        report_skip(test, "the kernel does not offer FUSE_PASSTHROUGH");
+        return;
+    }
+    let backing_path = probe._dir.0.join("backing");
+    fs::write(&backing_path, vec![0u8; FILE_SIZE as usize]).expect("creating the backing file");
+    let backing = open_file(&backing_path, OFlags::RDWR).expect("opening the backing file");
+    let backing_id = backing_open(probe.device(MOUNT_FD), backing.as_fd())
+        .unwrap_or_else(|err| panic!("{test}: FUSE_DEV_IOC_BACKING_OPEN: {err}"));
+    let passthrough = OpenOut {
+        fh: FILE_HANDLE,
+        open_flags: FOPEN_PASSTHROUGH,
+        backing_id,
+    };
+    let write = |open_flags: OFlags, write_flags| PageWrite::Sync {
+        open_flags,
+        write_flags,
+    };
+    for page_write in [
+        write(OFlags::RDWR | O_DSYNC, RWF_NONE),
+        write(OFlags::RDWR, RWF_DSYNC),
+        write(OFlags::RDWR | OFlags::SYNC, RWF_NONE),
+    ] {
+        let seen = probe.sync_requests_of(page_write, passthrough);
+        assert_sync_requests(page_write, &seen, &[SyncRequest::Flush]);
+    }
+    for datasync in [false, true] {
+        let page_write = PageWrite::ThenSync { datasync };
+        let seen = probe.sync_requests_of(page_write, passthrough);
+        assert_sync_requests(
+            page_write,
+            &seen,
+            &[
+                SyncRequest::Fsync {
+                    fsync_flags: if datasync { FSYNC_FDATASYNC } else { 0 },
+                },
+                SyncRequest::Flush,
+            ],
+        );
+    }
+    let mut page = vec![0u8; PAGE];
+    rustix::io::pread(&backing, &mut page, 0).expect("reading the backing file");
+    assert!(
+        page.iter().all(|&byte| byte == PAGE_FILL),
+        "the passthrough writes landed in the backing file"
+    );
+}

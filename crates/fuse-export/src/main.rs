@@ -34,7 +34,7 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "fuse-export", version, about, after_help = EXAMPLES)]
 struct Args {
-    /// The raw image file to serve.
+    /// The raw image to serve: a regular file or a block device.
     #[arg(long, value_name = "PATH")]
     image: PathBuf,
 
@@ -274,6 +274,12 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let image = Image::open(&args.image, args.read_only, cache)
         .map_err(|err| Failure::usage(err.to_string()))?;
+    if args.growable && !image.resizable() {
+        return Err(Failure::usage(format!(
+            "image {}: is a block device, which cannot grow; --growable needs a regular file",
+            args.image.display()
+        )));
+    }
     let max_pages_limit = fuse_dev::init::max_pages_limit();
     let max_write = args
         .max_write
@@ -371,6 +377,14 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let passthrough = match args.transport {
         Transport::Readv => None,
+        // FUSE_DEV_IOC_BACKING_OPEN refuses a block device (EINVAL on 6.18).
+        Transport::Passthrough if image.is_block_device() => {
+            log::warn!(
+                "passthrough needs a regular file as the image, not a block device; \
+                 serving READ/WRITE with readv"
+            );
+            None
+        }
         Transport::Passthrough => match session.open_backing(image.as_fd()) {
             Ok(backing_id) => Some(backing_id),
             Err(err) => {
@@ -495,6 +509,9 @@ fn describe_image(image: &Image, growable: bool, passthrough: bool) -> String {
     } else {
         "buffered".to_string()
     }];
+    if image.is_block_device() {
+        traits.push("block device".into());
+    }
     if image.is_read_only() {
         traits.push("read-only".into());
     }

@@ -38,6 +38,7 @@ use crate::export::{Export, PresentationChange};
 use crate::image::Image;
 use crate::range_lock::{LockId, Reservation, queue_bit};
 
+use rw::Durability;
 pub use rw::{Merge, WriteJob};
 use space::FallocateLock;
 
@@ -127,7 +128,7 @@ enum Op {
     Setattr(SetattrIn),
     Open { flags: u32 },
     Read { offset: u64, size: u32 },
-    Write { offset: u64 },
+    Write { offset: u64, durability: Durability },
     Statfs,
     Release,
     Sync { datasync: bool },
@@ -216,7 +217,10 @@ impl QueueHandler {
                 offset: arg.offset,
                 size: arg.size,
             },
-            Operation::Write { arg, .. } => Op::Write { offset: arg.offset },
+            Operation::Write { arg, .. } => Op::Write {
+                offset: arg.offset,
+                durability: Durability::of_write_flags(arg.flags),
+            },
             Operation::Statfs => Op::Statfs,
             Operation::Release(_) | Operation::Destroy => Op::Release,
             Operation::Flush(_) => Op::Sync { datasync: true },
@@ -252,8 +256,8 @@ impl Handler for QueueHandler {
             io.pool().give_chain(incoming.into_buffers());
             return self.directory_request(job, op, io);
         }
-        if let Op::Write { offset } = op {
-            return self.write(job, offset, incoming, io);
+        if let Op::Write { offset, durability } = op {
+            return self.write(job, offset, durability, incoming, io);
         }
         io.pool().give_chain(incoming.into_buffers());
         match op {

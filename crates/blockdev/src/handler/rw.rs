@@ -1,19 +1,69 @@
 //! READ and WRITE, with read-modify-write for unaligned writes, and
 //! FLUSH/FSYNC.
+//!
+//! A WRITE from a client that asked for synchronous writes (`O_DSYNC` or
+//! `O_SYNC` at open, or `RWF_DSYNC` / `RWF_SYNC` on the call: the kernel
+//! forwards all four as `O_DSYNC` / `O_SYNC` in `fuse_write_in.flags`) is
+//! answered only once its data is on stable storage: the image write itself
+//! carries `RWF_DSYNC` / `RWF_SYNC`, so the kernel completes it only when
+//! durable (a FUA write or a write and a flush with O_DIRECT; the write and
+//! an `fdatasync`/`fsync` of the range when buffered). Other writes are
+//! answered once the image has them, which with `--cache none` may still
+//! mean the disk's volatile cache; FLUSH and FSYNC make those durable.
 
 use fuse_dev::{BackingOp, Chain, Incoming, Job, QueueIo};
 use fuse_proto::abi::WriteOut;
 use fuse_proto::reply::{Errno, Reply};
+use rustix::io::ReadWriteFlags;
 
 use super::{IMAGE, MAX_OFFSET, Parked, Pending, QueueHandler};
 use crate::export::errno_of;
 use crate::range_lock::LockId;
+
+/// What a WRITE must reach before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// The image has the data (with `--cache none` possibly only in the
+    /// disk's volatile cache; a later FLUSH/FSYNC makes it durable).
+    Written,
+    /// `O_DSYNC`: the data is on stable storage (`fdatasync`).
+    Data,
+    /// `O_SYNC`: data and metadata are on stable storage (`fsync`).
+    DataAndMetadata,
+}
+
+impl Durability {
+    /// From `fuse_write_in.flags`: the file's open flags, with `O_DSYNC` /
+    /// `O_SYNC` added by the kernel for `RWF_DSYNC` / `RWF_SYNC` writes.
+    pub(super) fn of_write_flags(flags: u32) -> Durability {
+        // O_SYNC is __O_SYNC | O_DSYNC on Linux: test all of its bits.
+        let o_sync = libc::O_SYNC as u32;
+        if flags & o_sync == o_sync {
+            Durability::DataAndMetadata
+        } else if flags & libc::O_DSYNC as u32 != 0 {
+            Durability::Data
+        } else {
+            Durability::Written
+        }
+    }
+
+    /// The `RWF_*` flags that make the image write complete only once it
+    /// is this durable.
+    fn rw_flags(self) -> ReadWriteFlags {
+        match self {
+            Durability::Written => ReadWriteFlags::empty(),
+            Durability::Data => ReadWriteFlags::DSYNC,
+            Durability::DataAndMetadata => ReadWriteFlags::SYNC,
+        }
+    }
+}
 
 /// A write waiting for its range lock or in progress.
 #[derive(Debug)]
 pub struct WriteJob {
     offset: u64,
     len: usize,
+    durability: Durability,
     /// The request's data (in-place page + spill-over), windowed to `len`.
     payload: Chain,
 }
@@ -73,6 +123,7 @@ impl QueueHandler {
         &mut self,
         job: Job,
         offset: u64,
+        durability: Durability,
         incoming: Incoming,
         io: &mut QueueIo<'_, Pending>,
     ) {
@@ -94,6 +145,7 @@ impl QueueHandler {
             WriteJob {
                 offset,
                 len,
+                durability,
                 payload,
             },
             io,
@@ -119,7 +171,7 @@ impl QueueHandler {
         io.reply_data(job, chain);
     }
 
-    /// An aligned WRITE is on the image. `placed` is the lock, the write's
+    /// An aligned WRITE is on the image (durable if it asked for that). `placed` is the lock, the write's
     /// offset and length, and whether it extends the image.
     pub(super) fn write_done(
         &mut self,
@@ -144,7 +196,8 @@ impl QueueHandler {
         }
     }
 
-    /// The merged blocks of a read-modify-write are on the image.
+    /// The merged blocks of a read-modify-write are on the image (durable
+    /// if the write asked for that).
     pub(super) fn rmw_written(
         &mut self,
         job: Job,
@@ -296,6 +349,7 @@ impl QueueHandler {
             let WriteJob {
                 offset,
                 len,
+                durability,
                 payload,
             } = write;
             io.submit(
@@ -303,6 +357,7 @@ impl QueueHandler {
                 BackingOp::Write {
                     file: IMAGE,
                     offset,
+                    rw_flags: durability.rw_flags(),
                 },
                 payload,
                 Pending::Write {
@@ -380,6 +435,7 @@ impl QueueHandler {
             BackingOp::Write {
                 file: IMAGE,
                 offset: merge.start,
+                rw_flags: merge.write.durability.rw_flags(),
             },
             bounce,
             Pending::RmwWrite { merge },
@@ -434,7 +490,7 @@ pub(super) fn write_reply(unique: u64, written: usize) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::aligned_range;
+    use super::{Durability, aligned_range};
 
     #[test]
     fn aligned_range_covers_the_request() {
@@ -446,5 +502,31 @@ mod tests {
             (4096, 4096 + 69632 + 4096)
         );
         assert_eq!(aligned_range(10, 5, 1), (10, 15));
+    }
+
+    #[test]
+    fn durability_follows_the_forwarded_flags() {
+        let rdwr = libc::O_RDWR as u32;
+        let direct = libc::O_DIRECT as u32;
+        assert_eq!(Durability::of_write_flags(rdwr), Durability::Written);
+        assert_eq!(
+            Durability::of_write_flags(rdwr | direct),
+            Durability::Written
+        );
+        assert_eq!(
+            Durability::of_write_flags(rdwr | libc::O_DSYNC as u32),
+            Durability::Data
+        );
+        assert_eq!(
+            Durability::of_write_flags(rdwr | direct | libc::O_SYNC as u32),
+            Durability::DataAndMetadata
+        );
+        // __O_SYNC alone (never sent by Linux, which always adds O_DSYNC)
+        // is not O_SYNC.
+        let o_sync_only = (libc::O_SYNC & !libc::O_DSYNC) as u32;
+        assert_eq!(
+            Durability::of_write_flags(rdwr | o_sync_only),
+            Durability::Written
+        );
     }
 }

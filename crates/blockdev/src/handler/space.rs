@@ -44,7 +44,9 @@ impl QueueHandler {
             return io.reply_error(job, Errno::EROFS);
         }
         let mode = arg.mode;
-        if mode & !(FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) != 0 {
+        if mode & !(FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE) != 0
+            || !self.image().fallocate_supported(mode)
+        {
             return io.reply_error(job, Errno::EOPNOTSUPP);
         }
         if mode & FALLOC_PUNCH_HOLE != 0 && mode & FALLOC_KEEP_SIZE == 0 {
