@@ -76,8 +76,14 @@ impl LoopFilesystem {
         .arg(&device);
         run_command(mkfs, timeout, log)?;
         fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
-        rustix::mount::mount(&device, dir, "ext4", MountFlags::empty(), None)
-            .map_err(|err| format!("mount {device} on {}: {err}", dir.display()))?;
+        rustix::mount::mount(&device, dir, "ext4", MountFlags::empty(), None).map_err(|err| {
+            let corrupt = if err == rustix::io::Errno::UCLEAN {
+                ": the ext4 that mkfs.ext4 wrote through this target reads back corrupt"
+            } else {
+                ""
+            };
+            format!("mount {device} on {}: {err}{corrupt}", dir.display())
+        })?;
         filesystem.mounted_on = Some(dir.to_path_buf());
         Ok(filesystem)
     }

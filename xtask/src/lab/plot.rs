@@ -5,7 +5,6 @@ use plotters::coord::combinators::BindKeyPoints as _;
 use plotters::prelude::*;
 
 use super::plan::{Engine, FioJob, KIB, Metric, Pattern, size_short};
-use super::report::compact;
 use super::results::LabResults;
 use super::stats::Summary;
 
@@ -179,6 +178,8 @@ fn draw(
             0.0..(y_max * 1.1).max(1.0),
         )?;
     let x_is_size = plot.x_is_size;
+    // One style for every tick of an axis: `5k`, `12.5k` or `800`.
+    let thousands = y_max >= 1e4;
     chart
         .configure_mesh()
         .x_desc(&plot.x_label)
@@ -191,8 +192,9 @@ fn draw(
             }
         })
         .y_label_formatter(&|y| {
-            if *y >= 1e4 {
-                compact(*y)
+            if thousands && *y != 0.0 {
+                let text = format!("{:.1}", y / 1e3);
+                format!("{}k", text.trim_end_matches('0').trim_end_matches('.'))
             } else {
                 format!("{y:.0}")
             }
