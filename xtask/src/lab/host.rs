@@ -115,13 +115,15 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// First line of a command's output (stdout, else stderr), for versions.
+/// First line of a successful command's output (stdout, else stderr),
+/// for versions.
 pub fn first_line_of(program: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .ok()?;
+        .ok()
+        .filter(|output| output.status.success())?;
     let text = if output.stdout.is_empty() {
         output.stderr
     } else {

@@ -357,34 +357,16 @@ fn server_capabilities(server: &Path) -> Result<ServerCapabilities, String> {
     )))
 }
 
-/// `cargo build --release -p fuse-export`, into `target_dir` when given (the
-/// alloc-count build must not replace the binary the lab times).
+/// Builds fuse-export, into `target_dir` when given (the alloc-count build
+/// must not replace the binary the lab times).
 fn build_server(root: &Path, target_dir: Option<&Path>, features: &[&str]) -> Result<(), String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .args(["build", "--release", "--package", "fuse-export"])
-        .arg("--manifest-path")
-        .arg(root.join("Cargo.toml"));
-    if let Some(dir) = target_dir {
-        command.arg("--target-dir").arg(dir);
-    }
-    let what = if features.is_empty() {
-        "fuse-export".to_string()
+    let with = if features.is_empty() {
+        ""
     } else {
-        let features = features.join(",");
-        command.args(["--features", &features]);
-        format!("fuse-export --features {features}")
+        " --features "
     };
-    println!("lab: building {what}");
-    let status = command
-        .status()
-        .map_err(|err| format!("cannot run cargo: {err}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("cargo build --release -p {what} failed ({status})"))
-    }
+    println!("lab: building fuse-export{with}{}", features.join(","));
+    crate::build_server(root, target_dir, features)
 }
 
 /// A lab killed hard may leave its ext4 mounted, loop devices attached and
@@ -491,44 +473,28 @@ fn convert_source_path(scratch: &Path, size: u64) -> (PathBuf, String) {
     }
 }
 
+/// The tree the server was built from (`git describe`) and the clients'
+/// versions.
 fn versions(root: &Path, workspace: &Workspace) -> Vec<(String, String)> {
     let mut versions = Vec::new();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    if let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) {
-        let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|status| !status.is_empty());
-        let binary = workspace
-            .server
-            .as_ref()
-            .map_or_else(|err| err.clone(), |path| path.display().to_string());
-        versions.push((
-            "fuse-export".into(),
-            format!(
-                "{commit}{} ({binary})",
-                if dirty { " + uncommitted changes" } else { "" }
-            ),
-        ));
+    let root = root.to_string_lossy();
+    let describe = [
+        "-C",
+        &root,
+        "describe",
+        "--always",
+        "--dirty= + uncommitted changes",
+    ];
+    if let Some(commit) = host::first_line_of("git", &describe) {
+        let binary = match &workspace.server {
+            Ok(path) => path.display().to_string(),
+            Err(err) => err.clone(),
+        };
+        versions.push(("fuse-export".into(), format!("{commit} ({binary})")));
     }
-    for (name, program, args) in [
-        ("fio", "fio", &["--version"][..]),
-        (
-            "qemu-storage-daemon",
-            "qemu-storage-daemon",
-            &["--version"][..],
-        ),
-    ] {
-        if let Some(version) = host::first_line_of(program, args) {
-            versions.push((name.into(), version));
+    for program in ["fio", "qemu-storage-daemon"] {
+        if let Some(version) = host::first_line_of(program, &["--version"]) {
+            versions.push((program.into(), version));
         }
     }
     versions
