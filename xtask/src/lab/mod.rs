@@ -284,6 +284,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     for reason in workspace.missing.values() {
         notes.push(reason.clone());
     }
+    notes.extend(uring_note(&plan));
     for note in &notes {
         println!("lab: {note}");
     }
@@ -336,6 +337,22 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
     }
+}
+
+/// The kernel offers FUSE-over-io_uring only when the admin enabled it;
+/// the lab leaves that setting alone and says why `uring` runs would fail.
+fn uring_note(plan: &Plan) -> Option<String> {
+    const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+    let uses_uring = plan.groups.iter().flat_map(|g| &g.targets).any(|target| {
+        matches!(target, plan::Target::FuseExport(options) if options.get(&TRANSPORT) == Some("uring"))
+    });
+    let enabled = fs::read_to_string(ENABLE_URING).is_ok_and(|value| value.trim() == "Y");
+    (uses_uring && !enabled).then(|| {
+        format!(
+            "FUSE-over-io_uring is off ({ENABLE_URING} is not Y), so `transport=uring` runs \
+             will fail; `echo Y > {ENABLE_URING}` turns it on"
+        )
+    })
 }
 
 /// Runs `fuse-export --help` and collects its options.

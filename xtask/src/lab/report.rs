@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::plan::{AllocProbe, Duration, Engine, FioJob, KIB, KNOBS, Metric, Mode, Pattern};
-use super::plan::{ServerOptions, Target, Workload, size_long};
+use super::plan::{AllocProbe, Duration, Engine, FioJob, KIB, KNOBS, Knob, Metric, Mode};
+use super::plan::{Pattern, ServerOptions, Workload, size_long};
 use super::plot;
 use super::results::{AllocCounts, CaseSummary, LabResults, Outcome};
 use super::stats::Summary;
@@ -260,19 +260,20 @@ pub fn allocations_csv(results: &LabResults) -> Result<String, String> {
     }))
 }
 
-/// Indexes of the matrix groups.
-fn matrix_groups(results: &LabResults) -> Vec<usize> {
+/// Indexes of the groups named `name`.
+fn groups_named(results: &LabResults, name: &str) -> Vec<usize> {
     let groups = results.plan.groups.iter().enumerate();
     groups
-        .filter(|(_, g)| g.name == "matrix")
+        .filter(|(_, g)| g.name == name)
         .map(|(i, _)| i)
         .collect()
 }
 
-/// Labels of the matrix's targets in plan order (`plain` first), each once.
-fn matrix_labels(results: &LabResults) -> Vec<String> {
+/// Labels of the targets of `groups` in plan order (`plain` first), each
+/// once: `--only` may have left a group with fewer targets than others.
+fn labels_of(results: &LabResults, groups: &[usize]) -> Vec<String> {
     let mut labels = vec!["plain".to_string()];
-    for index in matrix_groups(results) {
+    for &index in groups {
         for target in &results.plan.groups[index].targets {
             let label = target.label();
             if !labels.contains(&label) {
@@ -487,7 +488,8 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
          device over the target.\n",
     );
 
-    let labels = matrix_labels(results);
+    let matrix = groups_named(results, "matrix");
+    let labels = labels_of(results, &matrix);
     let servers = &labels[1..];
     md.push_str("\n## Goals\n\n");
     let header = [
@@ -498,7 +500,6 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
     .concat();
     table(&mut md, header, goal_rows(results, servers));
 
-    let matrix = matrix_groups(results);
     if !matrix.is_empty() {
         let header = [strings(["workload"]), labels.clone()].concat();
         md.push_str("\n## Workloads\n\n");
@@ -585,39 +586,28 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
         table(&mut md, header, rows);
     }
 
-    let knob_groups = |name: &str| -> Vec<usize> {
-        let groups = plan.groups.iter().enumerate();
-        let wanted = format!("knob-{name}");
-        groups
-            .filter(|(_, g)| g.name == wanted)
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let swept: Vec<_> = KNOBS
+    let swept: Vec<(&Knob, Vec<usize>)> = KNOBS
         .iter()
-        .filter(|knob| !knob_groups(knob.name).is_empty())
+        .map(|knob| (*knob, groups_named(results, &format!("knob-{}", knob.name))))
+        .filter(|(_, groups)| !groups.is_empty())
         .collect();
     if !swept.is_empty() {
         md.push_str(
             "\n## Knobs\n\nEach cell: ratio to plain · absolute value · peak RSS of the server.\n",
         );
     }
-    for knob in swept {
+    for (knob, groups) in swept {
         let _ = writeln!(md, "\n### {}\n\n{}.\n", knob.name, knob.about);
-        let groups = knob_groups(knob.name);
-        let targets = &plan.groups[groups[0]].targets;
-        let header = [
-            strings(["workload"]),
-            targets.iter().map(Target::label).collect(),
-        ]
-        .concat();
+        let labels = labels_of(results, &groups);
+        let header = [strings(["workload"]), labels.clone()].concat();
         let rows = groups.into_iter().map(|index| {
-            let group = &plan.groups[index];
-            let metric = group.workload.metric();
-            let mut row = vec![workload_cell(&group.workload)];
-            row.extend(group.targets.iter().enumerate().map(|(target, t)| {
-                let case = results.summarize(index, target);
-                let mut cell = ratio_cell(metric, &case, *t == Target::Plain);
+            let workload = &plan.groups[index].workload;
+            let mut row = vec![workload_cell(workload)];
+            row.extend(labels.iter().map(|label| {
+                let Some(case) = case(results, index, label) else {
+                    return "not in plan".into();
+                };
+                let mut cell = ratio_cell(workload.metric(), &case, label == "plain");
                 if let Some(rss) = case.peak_rss_kib {
                     let _ = write!(cell, " · {}", mib(rss.median));
                 }
@@ -657,14 +647,9 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
                     per_request(c.total_per_request()),
                 ],
                 Err(reason) => {
-                    let blank = String::new();
-                    vec![
-                        id,
-                        format!("not measured: {reason}"),
-                        blank.clone(),
-                        blank.clone(),
-                        blank,
-                    ]
+                    let mut row = vec![id, format!("not measured: {reason}")];
+                    row.resize(5, String::new());
+                    row
                 }
             }
         });
@@ -707,7 +692,7 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::plan::{Plan, ServerCapabilities, Settings};
+    use crate::lab::plan::{Plan, ServerCapabilities, Settings, Target};
     use crate::lab::results::{AllocRecord, RunContext, RunRecord, ServerUsage};
     use crate::lab::workload::Measurement;
 
