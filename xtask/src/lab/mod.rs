@@ -45,7 +45,7 @@ use workload::ClientFiles;
 /// Options of `cargo xtask lab`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct LabArgs {
-    /// Small images, short runs, one repetition, two knobs: a few minutes.
+    /// Small images, short runs, one repetition, three knobs: a few minutes.
     #[arg(long)]
     pub quick: bool,
     /// Print the plan (every case id and the estimated time) and exit.
