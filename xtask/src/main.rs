@@ -86,29 +86,40 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-fn run(args: RunArgs) -> Result<(), String> {
-    let root = workspace_root();
-    let target = target_dir(&root);
+/// `cargo build --release -p fuse-export [--features ...]`, into
+/// `target_dir` when given.
+fn build_server(root: &Path, target_dir: Option<&Path>, features: &[&str]) -> Result<(), String> {
     // `cargo run` hands its own path to the program; using it keeps the
     // toolchain chosen by rust-toolchain.toml.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = root.join("Cargo.toml");
-    let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "fuse-export",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release", "--package", "fuse-export"])
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"));
+    if let Some(dir) = target_dir {
+        command.arg("--target-dir").arg(dir);
+    }
+    let mut shown = "cargo build --release -p fuse-export".to_string();
+    if !features.is_empty() {
+        let features = features.join(",");
+        command.args(["--features", &features]);
+        shown += &format!(" --features {features}");
+    }
+    let status = command
         .status()
         .map_err(|err| format!("cannot run cargo: {err}"))?;
-    if !status.success() {
-        return Err(format!(
-            "cargo build --release -p fuse-export failed ({status})"
-        ));
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
     }
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let root = workspace_root();
+    let target = target_dir(&root);
+    build_server(&root, None, &[])?;
 
     let demo_dir = target.join("demo");
     let image = match args.image {

@@ -1,25 +1,28 @@
 //! `cargo xtask lab`: the performance lab, where every performance claim
 //! comes from (docs/performance.md describes it for users).
 //!
-//! Each case runs a client workload (qemu-img convert, dd, fio) on a target
-//! (the plain image file, fuse-export with some options, or
-//! qemu-storage-daemon's FUSE export) and is reported as a ratio to the
-//! plain file measured in the same repetition: these machines are noisy, so
-//! targets are interleaved, repeated, and summarised by median and spread.
+//! Each case runs a client workload (qemu-img convert, dd, fio on the
+//! target or on ext4 over it) on a target (the plain image file,
+//! fuse-export with some options, or qemu-storage-daemon's FUSE export) and
+//! is reported as a ratio to the plain file measured in the same
+//! repetition: these machines are noisy, so targets are interleaved,
+//! repeated, and summarised by median and spread.
 //!
 //! - [`plan`]: what runs (pure data; `--dry-run` prints it)
 //! - [`runner`]: runs it, one fresh server per run, with progress lines
-//! - [`target`], [`workload`], [`host`]: servers, clients, the machine
-//! - [`results`], [`report`], [`svg`], [`stats`], [`json`]: numbers to files
+//! - [`target`], [`workload`], [`fio`], [`loop_fs`], [`host`]: servers,
+//!   clients, the machine
+//! - [`results`], [`stats`], [`report`], [`plot`]: numbers to files
 
+mod fio;
 mod host;
-mod json;
+mod loop_fs;
 pub mod plan;
+mod plot;
 mod report;
 mod results;
 mod runner;
 mod stats;
-mod svg;
 mod target;
 mod workload;
 
@@ -33,7 +36,8 @@ use std::time::Instant;
 
 use clap::Args;
 
-use plan::{Duration, GIB, MIB, Mode, Plan, ServerCapabilities, Settings};
+use plan::{Duration, GIB, MIB, Mode, Plan, QUEUE_DEPTH, ServerCapabilities, ServerOptions};
+use plan::{Settings, TRANSPORT};
 use results::{LabResults, RunContext};
 use runner::{Runner, Workspace};
 use workload::ClientFiles;
@@ -41,7 +45,7 @@ use workload::ClientFiles;
 /// Options of `cargo xtask lab`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct LabArgs {
-    /// Small images, short runs, one repetition, two knobs: a few minutes.
+    /// Small images, short runs, one repetition, three knobs: a few minutes.
     #[arg(long)]
     pub quick: bool,
     /// Print the plan (every case id and the estimated time) and exit.
@@ -64,6 +68,14 @@ pub struct LabArgs {
     /// Use this `--features alloc-count` build instead of building one.
     #[arg(long, value_name = "PATH")]
     pub alloc_server: Option<PathBuf>,
+    /// Run every fuse-export target with `--transport T`, once per value
+    /// (comma-separated or repeated) [default: the server's default].
+    #[arg(long, value_name = "T", value_delimiter = ',')]
+    pub transport: Vec<String>,
+    /// Run every fuse-export target with `--queue-depth N`, once per value
+    /// (comma-separated or repeated; combined with each --transport).
+    #[arg(long, value_name = "N", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_depth: Vec<u32>,
 }
 
 impl LabArgs {
@@ -77,13 +89,47 @@ impl LabArgs {
         }
         settings
     }
+
+    /// The fuse-export options every workload runs with: one per
+    /// combination of `--transport` and `--queue-depth` values.
+    fn variants(&self) -> Vec<ServerOptions> {
+        let mut variants = vec![ServerOptions::default()];
+        for (knob, values) in [
+            (&TRANSPORT, self.transport.clone()),
+            (
+                &QUEUE_DEPTH,
+                self.queue_depth.iter().map(u32::to_string).collect(),
+            ),
+        ] {
+            if !values.is_empty() {
+                variants = variants
+                    .iter()
+                    .flat_map(|v| values.iter().map(|value| v.clone().with(knob, value)))
+                    .collect();
+            }
+        }
+        variants
+    }
 }
 
 /// The plan these arguments select, for a server with `capabilities`.
-pub fn plan_for(args: &LabArgs, capabilities: &ServerCapabilities) -> Plan {
-    let mut plan = Plan::build(&args.settings(), capabilities);
+pub fn plan_for(args: &LabArgs, capabilities: &ServerCapabilities) -> Result<Plan, String> {
+    let variants = args.variants();
+    for (knob, value) in variants.iter().flat_map(|v| {
+        [&TRANSPORT, &QUEUE_DEPTH]
+            .into_iter()
+            .filter_map(|knob| Some((knob, v.get(knob)?)))
+    }) {
+        if !capabilities.offers(knob.flag, value) {
+            return Err(format!(
+                "this fuse-export build does not offer {} {value}",
+                knob.flag
+            ));
+        }
+    }
+    let mut plan = Plan::build(&args.settings(), capabilities, &variants);
     plan.filter(&args.only);
-    plan
+    Ok(plan)
 }
 
 /// Entry point of `cargo xtask lab`.
@@ -96,9 +142,9 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     if args.dry_run {
         // Without a built server every knob is assumed available.
         let capabilities = server_capabilities(&server_path).unwrap_or_default();
-        let plan = plan_for(&args, &capabilities);
+        let plan = plan_for(&args, &capabilities)?;
         print!("{}", plan.describe());
-        if capabilities.words.is_none() {
+        if capabilities.options.is_none() {
             println!(
                 "({} is not built; assuming it has every knob's option)",
                 server_path.display()
@@ -114,9 +160,9 @@ pub fn run(args: LabArgs) -> Result<(), String> {
                 .into(),
         );
     }
-    host::install_interrupt_handler();
+    host::install_interrupt_handler()?;
     let started = Instant::now();
-    let start_time = host::UtcTime::now();
+    let start_time = jiff::Timestamp::now();
 
     let lab_dir = target_dir.join("lab");
     let scratch = lab_dir.join("scratch");
@@ -139,7 +185,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         Ok(path) => server_capabilities(path)?,
         Err(_) => ServerCapabilities::default(),
     };
-    let plan = plan_for(&args, &capabilities);
+    let plan = plan_for(&args, &capabilities)?;
     if plan.run_count() == 0 {
         return Err(format!(
             "no case matches --only {}",
@@ -160,7 +206,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         }
     };
 
-    let out_dir = unique_dir(&lab_dir.join(start_time.dir_name()))?;
+    let out_dir = unique_dir(&lab_dir.join(start_time.strftime("%Y-%m-%d_%H%M%S").to_string()))?;
     let logs = out_dir.join("logs");
     fs::create_dir_all(&logs).map_err(|err| format!("cannot create {}: {err}", logs.display()))?;
 
@@ -191,17 +237,19 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     };
 
     let mut missing = BTreeMap::new();
-    for (program, hint) in [
-        ("fio", "fio is not installed (run `make setup`)"),
-        ("qemu-img", "qemu-img is not installed (package qemu-utils)"),
-        (
-            "qemu-storage-daemon",
-            "qemu-storage-daemon is not installed (package qemu-utils)",
-        ),
-        ("dd", "dd is not installed"),
+    for (program, package) in [
+        ("fio", "fio (run `make setup`)"),
+        ("qemu-img", "qemu-utils"),
+        ("qemu-storage-daemon", "qemu-utils"),
+        ("dd", "coreutils"),
+        ("losetup", "mount"),
+        ("mkfs.ext4", "e2fsprogs"),
     ] {
-        if host::which(program).is_none() {
-            missing.insert(program, hint.to_string());
+        if which::which(program).is_err() {
+            missing.insert(
+                program,
+                format!("{program} is not installed (package {package})"),
+            );
         }
     }
     let fuse_device = if Path::new("/dev/fuse").exists() {
@@ -218,6 +266,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
             source: source.clone(),
             fio_report: PathBuf::new(),
             log: PathBuf::new(),
+            ext4_dir: scratch.join("ext4"),
         },
         server,
         alloc_server,
@@ -235,6 +284,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     for reason in workspace.missing.values() {
         notes.push(reason.clone());
     }
+    notes.extend(uring_note(&plan));
     for note in &notes {
         println!("lab: {note}");
     }
@@ -258,8 +308,8 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         records,
         allocs,
         context: RunContext {
-            started: start_time.human(),
-            host: describe_host(),
+            started: start_time.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+            host: host::describe(),
             versions,
             notes,
             interrupted,
@@ -289,6 +339,22 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// The kernel offers FUSE-over-io_uring only when the admin enabled it;
+/// the lab leaves that setting alone and says why `uring` runs would fail.
+fn uring_note(plan: &Plan) -> Option<String> {
+    const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+    let uses_uring = plan.groups.iter().flat_map(|g| &g.targets).any(|target| {
+        matches!(target, plan::Target::FuseExport(options) if options.get(&TRANSPORT) == Some("uring"))
+    });
+    let enabled = fs::read_to_string(ENABLE_URING).is_ok_and(|value| value.trim() == "Y");
+    (uses_uring && !enabled).then(|| {
+        format!(
+            "FUSE-over-io_uring is off ({ENABLE_URING} is not Y), so `transport=uring` runs \
+             will fail; `echo Y > {ENABLE_URING}` turns it on"
+        )
+    })
+}
+
 /// Runs `fuse-export --help` and collects its options.
 fn server_capabilities(server: &Path) -> Result<ServerCapabilities, String> {
     let output = Command::new(server)
@@ -308,65 +374,38 @@ fn server_capabilities(server: &Path) -> Result<ServerCapabilities, String> {
     )))
 }
 
-/// `cargo build --release -p fuse-export`, into `target_dir` when given (the
-/// alloc-count build must not replace the binary the lab times).
+/// Builds fuse-export, into `target_dir` when given (the alloc-count build
+/// must not replace the binary the lab times).
 fn build_server(root: &Path, target_dir: Option<&Path>, features: &[&str]) -> Result<(), String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "fuse-export",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"));
-    if let Some(dir) = target_dir {
-        command.arg("--target-dir").arg(dir);
-    }
-    if !features.is_empty() {
-        command.args(["--features", &features.join(",")]);
-    }
-    println!(
-        "lab: building fuse-export{}",
-        if features.is_empty() {
-            String::new()
-        } else {
-            format!(" --features {}", features.join(","))
-        }
-    );
-    let status = command
-        .status()
-        .map_err(|err| format!("cannot run cargo: {err}"))?;
-    if status.success() {
-        Ok(())
+    let with = if features.is_empty() {
+        ""
     } else {
-        Err(format!(
-            "cargo build --release -p fuse-export{} failed ({status})",
-            if features.is_empty() {
-                String::new()
-            } else {
-                format!(" --features {}", features.join(","))
-            }
-        ))
-    }
+        " --features "
+    };
+    println!("lab: building fuse-export{with}{}", features.join(","));
+    crate::build_server(root, target_dir, features)
 }
 
-/// A lab killed hard may leave its export mounted; nothing else mounts there.
+/// A lab killed hard may leave its ext4 mounted, loop devices attached and
+/// its export mounted, in that order; nothing else uses them.
 fn clean_stale_mounts(scratch: &Path) {
-    for entry in host::mounts() {
-        if entry.mountpoint.starts_with(scratch) {
-            match host::lazy_unmount(&entry.mountpoint) {
-                Ok(()) => println!(
-                    "lab: detached a stale mount at {}",
-                    entry.mountpoint.display()
-                ),
+    let ext4 = scratch.join("ext4");
+    let export = scratch.join("export.img");
+    let unmount = |path: &Path| {
+        if host::is_mounted(path) {
+            match host::lazy_unmount(path) {
+                Ok(()) => println!("lab: detached a stale mount at {}", path.display()),
                 Err(err) => eprintln!("lab: {err}"),
             }
         }
+    };
+    unmount(&ext4);
+    for device in loop_fs::devices_backed_under(scratch) {
+        println!("lab: detaching stale loop device {device}");
+        loop_fs::detach(&device);
     }
-    let _ = fs::remove_file(scratch.join("export.img"));
+    unmount(&export);
+    let _ = fs::remove_file(export);
 }
 
 /// `dir`, or `dir-2`, `dir-3`, ... if it exists; created.
@@ -385,15 +424,14 @@ fn unique_dir(dir: &Path) -> Result<PathBuf, String> {
 /// O_DIRECT numbers from tmpfs would be meaningless (and the export falls
 /// back to buffered I/O there).
 fn check_image_filesystem(dir: &Path) -> Result<(), String> {
-    let fstype = host::filesystem_type(dir).unwrap_or_default();
-    if fstype == "tmpfs" || fstype == "ramfs" {
-        return Err(format!(
+    match host::memory_filesystem(dir) {
+        Some(fstype) => Err(format!(
             "{} is on {fstype}; the lab's image must live on a disk filesystem \
              (set CARGO_TARGET_DIR to one)",
             dir.display()
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The image, fully written with data: random writes to unwritten extents
@@ -437,7 +475,7 @@ fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(), String> {
 /// costs the same for every target and no disk reads add noise.
 fn convert_source_path(scratch: &Path, size: u64) -> (PathBuf, String) {
     let shm = Path::new("/dev/shm");
-    let fits = host::filesystem_type(shm).as_deref() == Some("tmpfs")
+    let fits = host::memory_filesystem(shm) == Some("tmpfs")
         && host::available_bytes(shm).is_some_and(|free| free >= size + GIB);
     if fits {
         (
@@ -452,52 +490,28 @@ fn convert_source_path(scratch: &Path, size: u64) -> (PathBuf, String) {
     }
 }
 
-fn describe_host() -> String {
-    let info = host::HostInfo::read();
-    format!(
-        "Linux {}, {} × {}, {:.0} GiB RAM",
-        info.kernel, info.cpus, info.cpu_model, info.memory_gib
-    )
-}
-
+/// The tree the server was built from (`git describe`) and the clients'
+/// versions.
 fn versions(root: &Path, workspace: &Workspace) -> Vec<(String, String)> {
     let mut versions = Vec::new();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    if let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) {
-        let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|status| !status.is_empty());
-        let binary = workspace
-            .server
-            .as_ref()
-            .map_or_else(|err| err.clone(), |path| path.display().to_string());
-        versions.push((
-            "fuse-export".into(),
-            format!(
-                "{commit}{} ({binary})",
-                if dirty { " + uncommitted changes" } else { "" }
-            ),
-        ));
+    let root = root.to_string_lossy();
+    let describe = [
+        "-C",
+        &root,
+        "describe",
+        "--always",
+        "--dirty= + uncommitted changes",
+    ];
+    if let Some(commit) = host::first_line_of("git", &describe) {
+        let binary = match &workspace.server {
+            Ok(path) => path.display().to_string(),
+            Err(err) => err.clone(),
+        };
+        versions.push(("fuse-export".into(), format!("{commit} ({binary})")));
     }
-    for (name, program, args) in [
-        ("fio", "fio", &["--version"][..]),
-        (
-            "qemu-storage-daemon",
-            "qemu-storage-daemon",
-            &["--version"][..],
-        ),
-    ] {
-        if let Some(version) = host::first_line_of(program, args) {
-            versions.push((name.into(), version));
+    for program in ["fio", "qemu-storage-daemon"] {
+        if let Some(version) = host::first_line_of(program, &["--version"]) {
+            versions.push((program.into(), version));
         }
     }
     versions
@@ -514,7 +528,7 @@ mod tests {
             dry_run: true,
             ..LabArgs::default()
         };
-        let plan = plan_for(&args, &ServerCapabilities::default());
+        let plan = plan_for(&args, &ServerCapabilities::default()).unwrap();
         assert_eq!(plan.settings.mode, Mode::Quick);
         assert!(plan.run_count() > 10);
         let listing = plan.describe();
@@ -533,13 +547,44 @@ mod tests {
             only: vec!["randwrite".into()],
             ..LabArgs::default()
         };
-        let plan = plan_for(&args, &ServerCapabilities::default());
+        let plan = plan_for(&args, &ServerCapabilities::default()).unwrap();
         assert_eq!(plan.settings.repetitions, 5);
         assert_eq!(plan.settings.fio_runtime_secs, 9);
         assert!(
             plan.groups
                 .iter()
                 .all(|g| g.workload.id().contains("randwrite"))
+        );
+    }
+
+    #[test]
+    fn transports_and_queue_depths_apply_to_every_fuse_export_target() {
+        let args = LabArgs {
+            transport: vec!["readv".into(), "uring".into()],
+            queue_depth: vec![8, 64],
+            ..LabArgs::default()
+        };
+        let labels: Vec<String> = args.variants().iter().map(ServerOptions::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "fuse-export[transport=readv,queue_depth=8]",
+                "fuse-export[transport=readv,queue_depth=64]",
+                "fuse-export[transport=uring,queue_depth=8]",
+                "fuse-export[transport=uring,queue_depth=64]"
+            ]
+        );
+        let plan = plan_for(&args, &ServerCapabilities::default()).unwrap();
+        let matrix = &plan.groups[0];
+        assert_eq!(matrix.targets.len(), 1 + 4 + 1);
+
+        let old_server = ServerCapabilities::from_help(
+            "      --transport <T>\n          Possible values:\n          - readv: x\n\
+                   --queue-depth <N>\n          Requests per queue\n",
+        );
+        assert_eq!(
+            plan_for(&args, &old_server).unwrap_err(),
+            "this fuse-export build does not offer --transport uring"
         );
     }
 

@@ -3,7 +3,7 @@
 //! The plan is pure data, built without touching the machine, so that
 //! `--dry-run` (and the smoke test) can show it anywhere.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 
 pub const KIB: u64 = 1 << 10;
@@ -41,28 +41,24 @@ pub struct Settings {
 
 impl Settings {
     pub fn for_mode(mode: Mode) -> Settings {
-        match mode {
-            Mode::Quick => Settings {
-                mode,
-                repetitions: 1,
-                image_size: 512 * MIB,
-                convert_size: 512 * MIB,
-                dd_size: 512 * MIB,
-                knob_copy_size: 256 * MIB,
-                fio_runtime_secs: 2,
-                alloc_probe_secs: (1, 3),
-            },
-            Mode::Full => Settings {
-                mode,
-                repetitions: 3,
-                image_size: 4 * GIB,
-                convert_size: 4 * GIB,
-                dd_size: 4 * GIB,
-                knob_copy_size: GIB,
-                fio_runtime_secs: 6,
-                alloc_probe_secs: (2, 6),
-            },
+        let quick = mode == Mode::Quick;
+        let size = if quick { 512 * MIB } else { 4 * GIB };
+        Settings {
+            mode,
+            repetitions: if quick { 1 } else { 3 },
+            image_size: size,
+            convert_size: size,
+            dd_size: size,
+            knob_copy_size: if quick { 256 * MIB } else { GIB },
+            fio_runtime_secs: if quick { 2 } else { 6 },
+            alloc_probe_secs: if quick { (1, 3) } else { (2, 6) },
         }
+    }
+
+    /// The fio file on the ext4 workloads' filesystem: a quarter of the
+    /// image, so the filesystem has room and fio's layout stays short.
+    pub fn ext4_file_size(&self) -> u64 {
+        self.image_size / 4
     }
 }
 
@@ -70,15 +66,6 @@ impl Settings {
 pub enum Direction {
     Read,
     Write,
-}
-
-impl Direction {
-    fn name(self) -> &'static str {
-        match self {
-            Direction::Read => "read",
-            Direction::Write => "write",
-        }
-    }
 }
 
 /// fio's access pattern (`--rw`).
@@ -131,7 +118,7 @@ impl Engine {
     }
 }
 
-/// One fio job, always `--direct=1` over the whole image.
+/// One fio job, always `--direct=1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FioJob {
     pub pattern: Pattern,
@@ -141,22 +128,43 @@ pub struct FioJob {
     pub runtime_secs: u32,
 }
 
+impl FioJob {
+    fn id(&self) -> String {
+        format!(
+            "fio-{}-{}-qd{}-{}",
+            self.pattern.id(),
+            size_short(self.block_size),
+            self.iodepth,
+            self.engine.fio_name()
+        )
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "fio {} bs={} iodepth={} {} direct=1, {} s",
+            self.pattern.fio_rw(),
+            size_short(self.block_size),
+            self.iodepth,
+            self.engine.fio_name(),
+            self.runtime_secs
+        )
+    }
+}
+
 /// A client workload run against a target path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     /// `qemu-img convert -n` of a random raw image onto the target; `-t none`
     /// (O_DIRECT) when `direct`, else qemu-img's default cache (writeback
     /// plus a flush at the end).
-    Convert {
-        direct: bool,
-        size: u64,
-    },
+    Convert { direct: bool, size: u64 },
     /// `dd bs=1M` with `iflag=direct` / `oflag=direct`.
-    Dd {
-        direction: Direction,
-        size: u64,
-    },
+    Dd { direction: Direction, size: u64 },
+    /// fio over the whole target.
     Fio(FioJob),
+    /// fio in a `file_size` file on ext4, made fresh on a direct-I/O loop
+    /// device over the target: what a VM's filesystem sees.
+    Ext4Fio { job: FioJob, file_size: u64 },
 }
 
 /// What a workload is judged by.
@@ -193,14 +201,9 @@ impl Workload {
         match self {
             Workload::Convert { direct: true, .. } => "convert-direct".into(),
             Workload::Convert { direct: false, .. } => "convert-cache".into(),
-            Workload::Dd { direction, .. } => format!("dd-{}-1M", direction.name()),
-            Workload::Fio(job) => format!(
-                "fio-{}-{}-qd{}-{}",
-                job.pattern.id(),
-                size_short(job.block_size),
-                job.iodepth,
-                job.engine.fio_name()
-            ),
+            Workload::Dd { direction, .. } => format!("dd-{}-1M", direction_name(*direction)),
+            Workload::Fio(job) => job.id(),
+            Workload::Ext4Fio { job, .. } => format!("ext4-{}", job.id()),
         }
     }
 
@@ -214,21 +217,27 @@ impl Workload {
             ),
             Workload::Dd { direction, size } => format!(
                 "dd {} {} bs=1M {}",
-                direction.name(),
+                direction_name(*direction),
                 size_long(*size),
                 match direction {
                     Direction::Read => "iflag=direct",
                     Direction::Write => "oflag=direct",
                 }
             ),
-            Workload::Fio(job) => format!(
-                "fio {} bs={} iodepth={} {} direct=1, {} s",
-                job.pattern.fio_rw(),
-                size_short(job.block_size),
-                job.iodepth,
-                job.engine.fio_name(),
-                job.runtime_secs
+            Workload::Fio(job) => job.describe(),
+            Workload::Ext4Fio { job, file_size } => format!(
+                "{} on a {} file in ext4 on a direct-I/O loop device",
+                job.describe(),
+                size_long(*file_size)
             ),
+        }
+    }
+
+    /// The fio job, for fio workloads on the bare target.
+    pub fn bare_fio(&self) -> Option<&FioJob> {
+        match self {
+            Workload::Fio(job) => Some(job),
+            _ => None,
         }
     }
 
@@ -236,168 +245,302 @@ impl Workload {
         match self {
             Workload::Convert { .. } => Metric::Seconds,
             Workload::Dd { .. } => Metric::MibPerSec,
-            Workload::Fio(job) if job.block_size <= IOPS_BLOCK_SIZE_LIMIT => Metric::Iops,
-            Workload::Fio(_) => Metric::MibPerSec,
+            Workload::Fio(job) | Workload::Ext4Fio { job, .. }
+                if job.block_size <= IOPS_BLOCK_SIZE_LIMIT =>
+            {
+                Metric::Iops
+            }
+            Workload::Fio(_) | Workload::Ext4Fio { .. } => Metric::MibPerSec,
         }
     }
 
-    /// The client program the workload needs.
-    pub fn tool(&self) -> &'static str {
+    /// The programs the workload needs.
+    pub fn tools(&self) -> &'static [&'static str] {
         match self {
-            Workload::Convert { .. } => "qemu-img",
-            Workload::Dd { .. } => "dd",
-            Workload::Fio(_) => "fio",
+            Workload::Convert { .. } => &["qemu-img"],
+            Workload::Dd { .. } => &["dd"],
+            Workload::Fio(_) => &["fio"],
+            Workload::Ext4Fio { .. } => &["fio", "losetup", "mkfs.ext4"],
         }
     }
 
     /// A rough duration for the plan's time estimate (plain-file speed on a
     /// virtio disk; exports take longer, which `Target::slowdown` adds).
     fn estimate_secs(&self) -> f64 {
+        let copy_secs = |bytes: u64, gib_per_sec: f64| bytes as f64 / (gib_per_sec * GIB as f64);
         match self {
-            Workload::Convert { size, .. } => *size as f64 / (1.2 * GIB as f64),
-            Workload::Dd { size, .. } => *size as f64 / (1.5 * GIB as f64),
+            Workload::Convert { size, .. } => copy_secs(*size, 1.2),
+            Workload::Dd { size, .. } => copy_secs(*size, 1.5),
             Workload::Fio(job) => f64::from(job.runtime_secs) + 0.3,
+            // mkfs, fio's layout of the file, unmount.
+            Workload::Ext4Fio { job, file_size } => {
+                f64::from(job.runtime_secs) + 2.0 + copy_secs(*file_size, 0.5)
+            }
         }
     }
+}
+
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Read => "read",
+        Direction::Write => "write",
+    }
+}
+
+/// `bytes` as a count of the largest unit (B, KiB, MiB, GiB) that divides it.
+fn scaled(bytes: u64) -> (u64, usize) {
+    let (mut count, mut unit) = (bytes, 0);
+    while unit < 3 && count >= 1024 && count.is_multiple_of(1024) {
+        count /= 1024;
+        unit += 1;
+    }
+    (count, unit)
 }
 
 /// `4k`, `64k`, `1M`: the short form used in ids.
 pub fn size_short(bytes: u64) -> String {
-    if bytes >= GIB && bytes.is_multiple_of(GIB) {
-        format!("{}G", bytes / GIB)
-    } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
-        format!("{}M", bytes / MIB)
-    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
-        format!("{}k", bytes / KIB)
-    } else {
-        bytes.to_string()
-    }
+    let (count, unit) = scaled(bytes);
+    format!("{count}{}", ["", "k", "M", "G"][unit])
 }
 
 /// `4 GiB`, `512 MiB`: the long form used in prose.
 pub fn size_long(bytes: u64) -> String {
-    if bytes >= GIB && bytes.is_multiple_of(GIB) {
-        format!("{} GiB", bytes / GIB)
-    } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
-        format!("{} MiB", bytes / MIB)
-    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
-        format!("{} KiB", bytes / KIB)
-    } else {
-        format!("{bytes} B")
-    }
+    let (count, unit) = scaled(bytes);
+    format!("{count} {}", ["B", "KiB", "MiB", "GiB"][unit])
 }
 
-/// `--cache` of fuse-export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheMode {
-    None,
-    Writeback,
+/// A server option the lab sets: swept in a `knob-<name>` group, and for
+/// transport and queue depth also settable for every workload (`--transport`,
+/// `--queue-depth`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Knob {
+    pub name: &'static str,
+    pub flag: &'static str,
+    /// Its name in target labels, e.g. `o_direct` in
+    /// `fuse-export[o_direct=parallel-chunks]`.
+    label: &'static str,
+    /// What it does, for the report.
+    pub about: &'static str,
+    /// Values the full run sweeps, and `--quick` (none: not swept there).
+    values: &'static [&'static str],
+    quick_values: &'static [&'static str],
+    /// The workloads that show its effect; `--quick` runs the first.
+    workloads: &'static [KnobWorkload],
 }
 
-impl CacheMode {
-    fn name(self) -> &'static str {
-        match self {
-            CacheMode::None => "none",
-            CacheMode::Writeback => "writeback",
+impl Knob {
+    /// A value as target labels show it: `+` keeps spill tier lists free of
+    /// the commas that separate options, and max_write reads like the block
+    /// sizes of workload ids (`4k`).
+    fn shown(&self, value: &str) -> String {
+        match self.name {
+            "spill_tiers" => value.replace(',', "+"),
+            "max_write" => value.replace('K', "k"),
+            _ => value.to_string(),
         }
     }
 }
 
-/// Server options of one fuse-export target. `None` leaves the server's
-/// default; the lab's own default is 2 queues (one per core here, and the
-/// configuration the idle-RSS goal names).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerOptions {
-    pub queues: u16,
-    pub transport: Option<&'static str>,
-    /// `--o-direct-opens`: how the export serves O_DIRECT opens.
-    pub direct_opens: Option<&'static str>,
-    pub max_write: Option<u64>,
-    pub spill_tiers: Option<&'static str>,
-    pub cache: Option<CacheMode>,
-    pub reads_per_queue: Option<u16>,
+/// Transports the lab knows; a build's `--help` may add more (the sweep
+/// takes every value it lists) or lack some (reported as not run).
+const KNOWN_TRANSPORTS: &[&str] = &["readv", "uring", "passthrough"];
+
+/// `auto` picks one of the others; the matrix runs the server's default.
+const NOT_SWEPT_TRANSPORTS: &[&str] = &["auto"];
+
+pub static TRANSPORT: Knob = Knob {
+    name: "transport",
+    flag: "--transport",
+    label: "transport",
+    about: "how requests reach the server: readv on /dev/fuse, FUSE-over-io_uring \
+            (uring), or kernel passthrough to the image",
+    values: KNOWN_TRANSPORTS,
+    quick_values: &[],
+    workloads: &[
+        KnobWorkload::RandRead,
+        KnobWorkload::RandWrite,
+        KnobWorkload::SeqRead1M,
+        // The headline: passthrough takes the server off the data path.
+        KnobWorkload::ConvertDirect,
+    ],
+};
+
+pub static QUEUE_DEPTH: Knob = Knob {
+    name: "queue_depth",
+    flag: "--queue-depth",
+    label: "queue_depth",
+    about: "requests each queue can hold at once (the server's --queue-depth)",
+    values: &["8", "32", "128"],
+    quick_values: &[],
+    workloads: &[
+        KnobWorkload::RandRead,
+        KnobWorkload::RandWrite,
+        KnobWorkload::SeqRead1M,
+    ],
+};
+
+pub static QUEUES: Knob = Knob {
+    name: "queues",
+    flag: "--queues",
+    label: "queues",
+    about: "queue threads, each with its own /dev/fuse fd and io_uring",
+    values: &["1", "2", "4"],
+    quick_values: &["1", "2"],
+    workloads: &[KnobWorkload::RandRead, KnobWorkload::RandWrite],
+};
+
+pub static MAX_WRITE: Knob = Knob {
+    name: "max_write",
+    flag: "--max-write",
+    label: "max_write",
+    about: "largest WRITE (and READ) the kernel sends; larger client I/O is split",
+    values: &["4K", "64K", "1M"],
+    quick_values: &["64K", "1M"],
+    workloads: &[KnobWorkload::DdWrite, KnobWorkload::ConvertDirect],
+};
+
+pub static KNOBS: [&Knob; 8] = [
+    &TRANSPORT,
+    &QUEUE_DEPTH,
+    &Knob {
+        name: "o_direct_opens",
+        flag: "--o-direct-opens",
+        label: "o_direct",
+        about: "how O_DIRECT opens are served: parallel-writers (FOPEN_DIRECT_IO: writers \
+                run concurrently, but the kernel sends the max_write pieces of one large \
+                request one after the other) or parallel-chunks (the kernel's O_DIRECT path \
+                sends the pieces of a large request together)",
+        values: &["parallel-writers", "parallel-chunks"],
+        quick_values: &["parallel-writers", "parallel-chunks"],
+        workloads: &[
+            KnobWorkload::ConvertDirect,
+            KnobWorkload::DdWrite,
+            KnobWorkload::RandWrite,
+            KnobWorkload::SeqWrite1M,
+        ],
+    },
+    &QUEUES,
+    &MAX_WRITE,
+    &Knob {
+        name: "spill_tiers",
+        flag: "--spill-tiers",
+        label: "spill",
+        about: "how the spill-over buffer behind each posted read is cut into tiers; \
+                a write only takes the tiers it fills",
+        // 64K is the server's default layout, 1M a single tier.
+        values: &["1M", "64K", "16K,64K,256K"],
+        quick_values: &[],
+        workloads: &[KnobWorkload::SeqWrite64k, KnobWorkload::SeqWrite1M],
+    },
+    &Knob {
+        name: "cache",
+        flag: "--cache",
+        label: "cache",
+        about: "none = O_DIRECT on the image, writeback = host page cache",
+        values: &["none", "writeback"],
+        quick_values: &[],
+        workloads: &[KnobWorkload::RandRead, KnobWorkload::SeqWrite1M],
+    },
+    &Knob {
+        name: "reads_per_queue",
+        flag: "--reads-per-queue",
+        label: "reads",
+        about: "reads kept posted on /dev/fuse per queue (requests the kernel can hand \
+                over without waiting)",
+        values: &["2", "8", "32"],
+        quick_values: &[],
+        workloads: &[KnobWorkload::RandRead, KnobWorkload::RandWrite],
+    },
+];
+
+/// The workloads knob sweeps use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KnobWorkload {
+    RandRead,
+    RandWrite,
+    SeqRead1M,
+    SeqWrite64k,
+    SeqWrite1M,
+    ConvertDirect,
+    DdWrite,
 }
 
-pub const LAB_DEFAULT_QUEUES: u16 = 2;
+impl KnobWorkload {
+    fn workload(self, settings: &Settings) -> Workload {
+        let fio = |pattern, block_size, iodepth| fio(settings, pattern, block_size, iodepth);
+        match self {
+            KnobWorkload::RandRead => fio(Pattern::RandRead, 4 * KIB, 32),
+            KnobWorkload::RandWrite => fio(Pattern::RandWrite, 4 * KIB, 32),
+            KnobWorkload::SeqRead1M => fio(Pattern::SeqRead, MIB, SEQ_IODEPTH),
+            KnobWorkload::SeqWrite64k => fio(Pattern::SeqWrite, 64 * KIB, SEQ_IODEPTH),
+            KnobWorkload::SeqWrite1M => fio(Pattern::SeqWrite, MIB, SEQ_IODEPTH),
+            KnobWorkload::ConvertDirect => Workload::Convert {
+                direct: true,
+                size: settings.knob_copy_size,
+            },
+            KnobWorkload::DdWrite => Workload::Dd {
+                direction: Direction::Write,
+                size: settings.knob_copy_size,
+            },
+        }
+    }
+}
+
+/// The lab's own default: 2 queues (one per core here, and the
+/// configuration the idle-RSS goal names).
+pub const LAB_DEFAULT_QUEUES: &str = "2";
+
+/// Server options of one fuse-export target, in command-line order.
+/// `--queues` is always given (the lab's default unless a knob changes it);
+/// every other option is the server's default unless set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerOptions(Vec<(&'static Knob, String)>);
 
 impl Default for ServerOptions {
     fn default() -> ServerOptions {
-        ServerOptions {
-            queues: LAB_DEFAULT_QUEUES,
-            transport: None,
-            direct_opens: None,
-            max_write: None,
-            spill_tiers: None,
-            cache: None,
-            reads_per_queue: None,
-        }
+        ServerOptions(vec![(&QUEUES, LAB_DEFAULT_QUEUES.into())])
     }
 }
 
 impl ServerOptions {
-    /// The command-line options, in the order the server documents them.
+    /// These options with `knob` set to `value`.
+    pub fn with(mut self, knob: &'static Knob, value: &str) -> ServerOptions {
+        match self.0.iter_mut().find(|(k, _)| *k == knob) {
+            Some((_, old)) => *old = value.into(),
+            None => self.0.push((knob, value.into())),
+        }
+        self
+    }
+
+    pub fn get(&self, knob: &Knob) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == knob)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The command-line options.
     pub fn args(&self) -> Vec<String> {
-        let mut args = vec!["--queues".to_string(), self.queues.to_string()];
-        if let Some(transport) = self.transport {
-            args.extend(["--transport".into(), transport.into()]);
-        }
-        if let Some(mode) = self.direct_opens {
-            args.extend(["--o-direct-opens".into(), mode.into()]);
-        }
-        if let Some(max_write) = self.max_write {
-            args.extend(["--max-write".into(), size_short(max_write).to_uppercase()]);
-        }
-        if let Some(tiers) = self.spill_tiers {
-            args.extend(["--spill-tiers".into(), tiers.into()]);
-        }
-        if let Some(cache) = self.cache {
-            args.extend(["--cache".into(), cache.name().into()]);
-        }
-        if let Some(reads) = self.reads_per_queue {
-            args.extend(["--reads-per-queue".into(), reads.to_string()]);
-        }
-        args
+        self.0
+            .iter()
+            .flat_map(|(knob, value)| [knob.flag.to_string(), value.clone()])
+            .collect()
     }
 
-    /// The options that differ from the lab default, e.g. `queues=4`.
-    fn variations(&self) -> Vec<String> {
-        let mut parts = Vec::new();
-        if self.queues != LAB_DEFAULT_QUEUES {
-            parts.push(format!("queues={}", self.queues));
+    /// `fuse-export`, or `fuse-export[queues=4,...]` with every option that
+    /// differs from the lab default.
+    pub fn label(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(knob, value)| !(*knob == &QUEUES && value == LAB_DEFAULT_QUEUES))
+            .map(|(knob, value)| format!("{}={}", knob.label, knob.shown(value)))
+            .collect();
+        if parts.is_empty() {
+            "fuse-export".into()
+        } else {
+            format!("fuse-export[{}]", parts.join(","))
         }
-        if let Some(transport) = self.transport {
-            parts.push(format!("transport={transport}"));
-        }
-        if let Some(mode) = self.direct_opens {
-            parts.push(format!("o_direct={mode}"));
-        }
-        if let Some(max_write) = self.max_write {
-            parts.push(format!("max_write={}", size_short(max_write)));
-        }
-        if let Some(tiers) = self.spill_tiers {
-            // '+' keeps labels free of the commas that separate CSV fields.
-            parts.push(format!("spill={}", tiers.replace(',', "+")));
-        }
-        if let Some(cache) = self.cache {
-            parts.push(format!("cache={}", cache.name()));
-        }
-        if let Some(reads) = self.reads_per_queue {
-            parts.push(format!("reads={reads}"));
-        }
-        parts
-    }
-
-    /// Option values that are names (not numbers), as `(option, value)`:
-    /// a server build may offer the option without every value.
-    fn named_values(&self) -> Vec<(&'static str, &'static str)> {
-        let mut values = Vec::new();
-        if let Some(transport) = self.transport {
-            values.push(("--transport", transport));
-        }
-        if let Some(mode) = self.direct_opens {
-            values.push(("--o-direct-opens", mode));
-        }
-        values
     }
 }
 
@@ -416,14 +559,7 @@ impl Target {
         match self {
             Target::Plain => "plain".into(),
             Target::Qsd => "qsd".into(),
-            Target::FuseExport(options) => {
-                let variations = options.variations();
-                if variations.is_empty() {
-                    "fuse-export".into()
-                } else {
-                    format!("fuse-export[{}]", variations.join(","))
-                }
-            }
+            Target::FuseExport(options) => options.label(),
         }
     }
 
@@ -432,7 +568,7 @@ impl Target {
     fn slowdown(&self) -> f64 {
         match self {
             Target::Plain => 1.0,
-            Target::FuseExport(options) if options.max_write == Some(4 * KIB) => 6.0,
+            Target::FuseExport(options) if options.get(&MAX_WRITE) == Some("4K") => 6.0,
             Target::FuseExport(_) => 1.5,
             Target::Qsd => 3.5,
         }
@@ -459,13 +595,14 @@ impl Group {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllocProbe {
     pub job: FioJob,
+    pub options: ServerOptions,
     pub short_secs: u32,
     pub long_secs: u32,
 }
 
 impl AllocProbe {
     pub fn case_id(&self) -> String {
-        format!("alloc/{}/fuse-export", Workload::Fio(self.job).id())
+        format!("alloc/{}/{}", self.job.id(), self.options.label())
     }
 }
 
@@ -476,90 +613,68 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// A swept server option.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Knob {
-    pub name: &'static str,
-    /// The server option it needs.
-    pub flag: &'static str,
-    /// What it does, for the report.
-    pub about: &'static str,
-}
-
-pub const KNOBS: [Knob; 7] = [
-    Knob {
-        name: "transport",
-        flag: "--transport",
-        about: "how requests reach the server: readv on /dev/fuse, FUSE-over-io_uring \
-                (uring-cmd), or kernel passthrough to the image",
-    },
-    Knob {
-        name: "o_direct_opens",
-        flag: "--o-direct-opens",
-        about: "how O_DIRECT opens are served: parallel-writers (FOPEN_DIRECT_IO: writers \
-                run concurrently, but the kernel sends the max_write pieces of one large \
-                request one after the other) or parallel-chunks (the kernel's O_DIRECT path \
-                sends the pieces of a large request together)",
-    },
-    Knob {
-        name: "queues",
-        flag: "--queues",
-        about: "queue threads, each with its own /dev/fuse fd and io_uring",
-    },
-    Knob {
-        name: "max_write",
-        flag: "--max-write",
-        about: "largest WRITE (and READ) the kernel sends; larger client I/O is split",
-    },
-    Knob {
-        name: "spill_tiers",
-        flag: "--spill-tiers",
-        about: "how the spill-over buffer behind each posted read is cut into tiers; \
-                a write only takes the tiers it fills",
-    },
-    Knob {
-        name: "cache",
-        flag: "--cache",
-        about: "none = O_DIRECT on the image, writeback = host page cache",
-    },
-    Knob {
-        name: "reads_per_queue",
-        flag: "--reads-per-queue",
-        about: "reads kept posted on /dev/fuse per queue (requests the kernel can hand \
-                over without waiting)",
-    },
-];
-
-/// The options a server binary accepts, read from its `--help`; unknown
-/// when the binary is not built yet (dry run), then everything is assumed.
+/// The options a server binary accepts and the values clap lists for them,
+/// read from its `--help`; unknown when the binary is not built yet (a dry
+/// run), and then every option and value is assumed to be there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerCapabilities {
-    /// Every word of the help text (options, and the possible values clap
-    /// lists for them).
-    pub words: Option<BTreeSet<String>>,
+    pub options: Option<BTreeMap<String, Vec<String>>>,
 }
 
 impl ServerCapabilities {
+    /// Reads clap's long help: an option line (`  --transport <TRANSPORT>`,
+    /// `  -h, --help`), then its description, where `Possible values:` is
+    /// followed by one `- value: meaning` line per value.
     pub fn from_help(help: &str) -> ServerCapabilities {
-        let words = help
-            .split(|c: char| c.is_whitespace() || matches!(c, ',' | '=' | '[' | ']' | '`'))
-            .map(|word| word.trim_end_matches(|c: char| !c.is_alphanumeric()))
-            .filter(|word| !word.is_empty())
-            .map(str::to_string)
-            .collect();
-        ServerCapabilities { words: Some(words) }
+        let mut options: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut current: Option<String> = None;
+        let mut in_values = false;
+        for line in help.lines().map(str::trim) {
+            if line.starts_with('-') && !line.starts_with("- ") {
+                current = line
+                    .split([' ', ','])
+                    .find(|word| word.starts_with("--"))
+                    .map(str::to_string);
+                in_values = false;
+                if let Some(flag) = &current {
+                    options.entry(flag.clone()).or_default();
+                }
+            } else if line == "Possible values:" {
+                in_values = true;
+            } else if let (Some(flag), Some(item), true) =
+                (&current, line.strip_prefix("- "), in_values)
+            {
+                let value = item.split(':').next().unwrap_or(item).trim();
+                options.entry(flag.clone()).or_default().push(value.into());
+            }
+        }
+        ServerCapabilities {
+            options: Some(options),
+        }
     }
 
     /// Whether the server has the option `flag` (e.g. `--queues`).
     pub fn supports(&self, flag: &str) -> bool {
-        self.words.as_ref().is_none_or(|words| words.contains(flag))
+        self.options
+            .as_ref()
+            .is_none_or(|options| options.contains_key(flag))
     }
 
-    /// Whether the help text names `value` (e.g. a `--transport` value).
-    pub fn mentions(&self, value: &str) -> bool {
-        self.words
+    /// Whether the server accepts `flag value`: it has the option, and
+    /// `value` is one of its listed values if the help lists any.
+    pub fn offers(&self, flag: &str, value: &str) -> bool {
+        self.supports(flag) && {
+            let values = self.values(flag);
+            values.is_empty() || values.iter().any(|v| v == value)
+        }
+    }
+
+    /// The values the help lists for `flag` (none for free-form options).
+    pub fn values(&self, flag: &str) -> &[String] {
+        self.options
             .as_ref()
-            .is_none_or(|words| words.contains(value))
+            .and_then(|options| options.get(flag))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -572,20 +687,30 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
 }
 
-fn fio(
+fn fio(settings: &Settings, pattern: Pattern, block_size: u64, iodepth: u32) -> Workload {
+    Workload::Fio(fio_job(
+        settings,
+        pattern,
+        block_size,
+        iodepth,
+        Engine::IoUring,
+    ))
+}
+
+fn fio_job(
     settings: &Settings,
     pattern: Pattern,
     block_size: u64,
     iodepth: u32,
     engine: Engine,
-) -> Workload {
-    Workload::Fio(FioJob {
+) -> FioJob {
+    FioJob {
         pattern,
         block_size,
         iodepth,
         engine,
         runtime_secs: settings.fio_runtime_secs,
-    })
+    }
 }
 
 /// Dropping caches, starting and stopping a server, spawning the client.
@@ -606,25 +731,24 @@ fn matrix_workloads(settings: &Settings) -> Vec<Workload> {
             direct: true,
             size: settings.convert_size,
         },
-        Workload::Dd {
-            direction: Direction::Read,
-            size: settings.dd_size,
-        },
-        Workload::Dd {
-            direction: Direction::Write,
-            size: settings.dd_size,
-        },
     ];
-    // IOPS against queue depth (io_uring draws the plot; libaio at the two
+    for direction in [Direction::Read, Direction::Write] {
+        workloads.push(Workload::Dd {
+            direction,
+            size: settings.dd_size,
+        });
+    }
+    // IOPS against queue depth (io_uring draws the plot; libaio at the
     // depths the goals name).
     let depths: &[u32] = if quick { &[1, 32] } else { &[1, 4, 16, 32] };
+    let libaio_depths: &[u32] = if quick { &[32] } else { &[1, 32] };
     for pattern in [Pattern::RandRead, Pattern::RandWrite] {
         for &depth in depths {
-            workloads.push(fio(settings, pattern, 4 * KIB, depth, Engine::IoUring));
+            workloads.push(fio(settings, pattern, 4 * KIB, depth));
         }
-        let libaio_depths: &[u32] = if quick { &[32] } else { &[1, 32] };
         for &depth in libaio_depths {
-            workloads.push(fio(settings, pattern, 4 * KIB, depth, Engine::Libaio));
+            let job = fio_job(settings, pattern, 4 * KIB, depth, Engine::Libaio);
+            workloads.push(Workload::Fio(job));
         }
     }
     // Throughput against block size.
@@ -635,272 +759,145 @@ fn matrix_workloads(settings: &Settings) -> Vec<Workload> {
     };
     for pattern in [Pattern::SeqRead, Pattern::SeqWrite] {
         for &block_size in block_sizes {
-            workloads.push(fio(
-                settings,
-                pattern,
-                block_size,
-                SEQ_IODEPTH,
-                Engine::IoUring,
-            ));
+            workloads.push(fio(settings, pattern, block_size, SEQ_IODEPTH));
         }
     }
-    workloads.push(fio(
-        settings,
-        Pattern::RandRw70,
-        4 * KIB,
-        32,
-        Engine::IoUring,
-    ));
+    workloads.push(fio(settings, Pattern::RandRw70, 4 * KIB, 32));
+    for pattern in [Pattern::RandWrite, Pattern::RandRead] {
+        workloads.push(Workload::Ext4Fio {
+            job: fio_job(settings, pattern, 4 * KIB, 32, Engine::IoUring),
+            file_size: settings.ext4_file_size(),
+        });
+    }
     workloads
 }
 
-/// The values a knob sweeps and the workloads that show its effect.
-fn knob_sweep(knob: &Knob, settings: &Settings) -> Option<(Vec<ServerOptions>, Vec<Workload>)> {
-    let quick = settings.mode == Mode::Quick;
-    let randread_qd32 = fio(settings, Pattern::RandRead, 4 * KIB, 32, Engine::IoUring);
-    let randwrite_qd32 = fio(settings, Pattern::RandWrite, 4 * KIB, 32, Engine::IoUring);
-    let base = ServerOptions::default();
-    let sweep = match knob.name {
-        "transport" if !quick => (
-            ["readv", "uring-cmd", "passthrough"]
-                .map(|transport| ServerOptions {
-                    transport: Some(transport),
-                    ..base.clone()
-                })
-                .to_vec(),
-            vec![
-                randread_qd32,
-                randwrite_qd32,
-                fio(
-                    settings,
-                    Pattern::SeqRead,
-                    MIB,
-                    SEQ_IODEPTH,
-                    Engine::IoUring,
-                ),
-                // The headline: passthrough takes the server off the data path.
-                Workload::Convert {
-                    direct: true,
-                    size: settings.knob_copy_size,
-                },
-            ],
-        ),
-        "o_direct_opens" => {
-            let mut workloads = vec![Workload::Convert {
-                direct: true,
-                size: settings.knob_copy_size,
-            }];
-            if !quick {
-                workloads.extend([
-                    Workload::Dd {
-                        direction: Direction::Write,
-                        size: settings.knob_copy_size,
-                    },
-                    randwrite_qd32,
-                    fio(
-                        settings,
-                        Pattern::SeqWrite,
-                        MIB,
-                        SEQ_IODEPTH,
-                        Engine::IoUring,
-                    ),
-                ]);
-            }
-            (
-                ["parallel-writers", "parallel-chunks"]
-                    .map(|mode| ServerOptions {
-                        direct_opens: Some(mode),
-                        ..base.clone()
-                    })
-                    .to_vec(),
-                workloads,
-            )
-        }
-        "queues" => {
-            let counts: &[u16] = if quick { &[1, 2] } else { &[1, 2, 4] };
-            let workloads = if quick {
-                vec![randread_qd32]
-            } else {
-                vec![randread_qd32, randwrite_qd32]
-            };
-            (
-                counts
-                    .iter()
-                    .map(|&queues| ServerOptions {
-                        queues,
-                        ..base.clone()
-                    })
-                    .collect(),
-                workloads,
-            )
-        }
-        "max_write" => {
-            let sizes: &[u64] = if quick {
-                &[64 * KIB, MIB]
-            } else {
-                &[4 * KIB, 64 * KIB, MIB]
-            };
-            let mut workloads = vec![Workload::Dd {
-                direction: Direction::Write,
-                size: settings.knob_copy_size,
-            }];
-            if !quick {
-                workloads.push(Workload::Convert {
-                    direct: true,
-                    size: settings.knob_copy_size,
-                });
-            }
-            (
-                sizes
-                    .iter()
-                    .map(|&size| ServerOptions {
-                        max_write: Some(size),
-                        ..base.clone()
-                    })
-                    .collect(),
-                workloads,
-            )
-        }
-        "spill_tiers" if !quick => (
-            // 64K is the server's default layout, 1M a single tier.
-            ["1M", "64K", "16K,64K,256K"]
-                .map(|tiers| ServerOptions {
-                    spill_tiers: Some(tiers),
-                    ..base.clone()
-                })
-                .to_vec(),
-            vec![
-                fio(
-                    settings,
-                    Pattern::SeqWrite,
-                    64 * KIB,
-                    SEQ_IODEPTH,
-                    Engine::IoUring,
-                ),
-                fio(
-                    settings,
-                    Pattern::SeqWrite,
-                    MIB,
-                    SEQ_IODEPTH,
-                    Engine::IoUring,
-                ),
-            ],
-        ),
-        "cache" if !quick => (
-            [CacheMode::None, CacheMode::Writeback]
-                .map(|cache| ServerOptions {
-                    cache: Some(cache),
-                    ..base.clone()
-                })
-                .to_vec(),
-            vec![
-                randread_qd32,
-                fio(
-                    settings,
-                    Pattern::SeqWrite,
-                    MIB,
-                    SEQ_IODEPTH,
-                    Engine::IoUring,
-                ),
-            ],
-        ),
-        "reads_per_queue" if !quick => (
-            [2, 8, 32]
-                .map(|reads| ServerOptions {
-                    reads_per_queue: Some(reads),
-                    ..base.clone()
-                })
-                .to_vec(),
-            vec![randread_qd32, randwrite_qd32],
-        ),
-        _ => return None,
+/// The values a knob sweeps: its own list, plus for the transport every
+/// value the server lists (so a new transport needs no change here).
+fn sweep_values(
+    knob: &Knob,
+    settings: &Settings,
+    capabilities: &ServerCapabilities,
+) -> Vec<String> {
+    let own = match settings.mode {
+        Mode::Quick => knob.quick_values,
+        Mode::Full => knob.values,
     };
-    Some(sweep)
+    let mut values: Vec<String> = own.iter().map(|v| v.to_string()).collect();
+    if knob == &TRANSPORT && !values.is_empty() {
+        for offered in capabilities.values(knob.flag) {
+            if !values.contains(offered) && !NOT_SWEPT_TRANSPORTS.contains(&offered.as_str()) {
+                values.push(offered.clone());
+            }
+        }
+    }
+    values
 }
 
 impl Plan {
-    /// The plan for `settings`; knobs the server does not offer are listed
-    /// in `skipped` instead of silently missing.
-    pub fn build(settings: &Settings, capabilities: &ServerCapabilities) -> Plan {
-        let mut groups = Vec::new();
-        let mut skipped = Vec::new();
-        for workload in matrix_workloads(settings) {
-            groups.push(Group {
+    /// The plan for `settings`, with fuse-export run once per entry of
+    /// `variants` (the lab default alone unless `--transport` or
+    /// `--queue-depth` ask for more). Knobs or values the server does not
+    /// offer are listed in `skipped` instead of silently missing.
+    pub fn build(
+        settings: &Settings,
+        capabilities: &ServerCapabilities,
+        variants: &[ServerOptions],
+    ) -> Plan {
+        let fuse_exports = variants.iter().cloned().map(Target::FuseExport);
+        let matrix_targets: Vec<Target> = std::iter::once(Target::Plain)
+            .chain(fuse_exports)
+            .chain([Target::Qsd])
+            .collect();
+        let mut groups: Vec<Group> = matrix_workloads(settings)
+            .into_iter()
+            .map(|workload| Group {
                 name: "matrix".into(),
                 workload,
-                targets: vec![
-                    Target::Plain,
-                    Target::FuseExport(ServerOptions::default()),
-                    Target::Qsd,
-                ],
-            });
-        }
-        for knob in &KNOBS {
-            let Some((mut variants, workloads)) = knob_sweep(knob, settings) else {
-                skipped.push(Skipped {
-                    what: format!("knob {}", knob.name),
-                    reason: "not swept in --quick (the full run sweeps it)".into(),
-                });
-                continue;
+                targets: matrix_targets.clone(),
+            })
+            .collect();
+        let mut skipped = Vec::new();
+        for knob in KNOBS {
+            let mut values = sweep_values(knob, settings, capabilities);
+            let not_swept = if values.is_empty() {
+                Some("not swept in --quick (the full run sweeps it)".to_string())
+            } else if !capabilities.supports(knob.flag) {
+                Some(format!(
+                    "this fuse-export build has no {} option",
+                    knob.flag
+                ))
+            } else {
+                None
             };
-            if !capabilities.supports(knob.flag) {
+            if let Some(reason) = not_swept {
                 skipped.push(Skipped {
                     what: format!("knob {}", knob.name),
-                    reason: format!("this fuse-export build has no {} option", knob.flag),
+                    reason,
                 });
                 continue;
             }
-            variants.retain(|options| {
-                let missing = options
-                    .named_values()
-                    .into_iter()
-                    .find(|(_, value)| !capabilities.mentions(value));
-                if let Some((flag, value)) = missing {
+            values.retain(|value| {
+                let offered = capabilities.offers(knob.flag, value);
+                if !offered {
                     skipped.push(Skipped {
                         what: format!("knob {}={value}", knob.name),
-                        reason: format!("this fuse-export build does not offer {flag} {value}"),
+                        reason: format!(
+                            "this fuse-export build does not offer {} {value}",
+                            knob.flag
+                        ),
                     });
                 }
-                missing.is_none()
+                offered
             });
-            for workload in workloads {
-                let mut targets = vec![Target::Plain];
-                targets.extend(variants.iter().cloned().map(Target::FuseExport));
+            let mut targets = vec![Target::Plain];
+            for value in &values {
+                for variant in variants {
+                    let target = Target::FuseExport(variant.clone().with(knob, value));
+                    if !targets.contains(&target) {
+                        targets.push(target);
+                    }
+                }
+            }
+            let count = match settings.mode {
+                Mode::Quick => 1,
+                Mode::Full => knob.workloads.len(),
+            };
+            for workload in &knob.workloads[..count] {
                 groups.push(Group {
                     name: format!("knob-{}", knob.name),
-                    workload,
-                    targets,
+                    workload: workload.workload(settings),
+                    targets: targets.clone(),
                 });
             }
         }
-        let probe_jobs: Vec<(Pattern, u64, u32)> = if settings.mode == Mode::Quick {
-            vec![
+        let probe_jobs: &[(Pattern, u64, u32)] = match settings.mode {
+            Mode::Quick => &[
                 (Pattern::RandWrite, 4 * KIB, 32),
                 (Pattern::SeqWrite, MIB, SEQ_IODEPTH),
-            ]
-        } else {
-            vec![
+            ],
+            Mode::Full => &[
                 (Pattern::RandRead, 4 * KIB, 32),
                 (Pattern::RandWrite, 4 * KIB, 32),
                 (Pattern::SeqRead, MIB, SEQ_IODEPTH),
                 (Pattern::SeqWrite, MIB, SEQ_IODEPTH),
                 (Pattern::RandRw70, 4 * KIB, 32),
-            ]
+            ],
         };
-        let alloc_probes = probe_jobs
-            .into_iter()
-            .map(|(pattern, block_size, iodepth)| AllocProbe {
-                job: FioJob {
-                    pattern,
-                    block_size,
-                    iodepth,
-                    engine: Engine::IoUring,
-                    runtime_secs: settings.alloc_probe_secs.1,
-                },
-                short_secs: settings.alloc_probe_secs.0,
-                long_secs: settings.alloc_probe_secs.1,
-            })
-            .collect();
+        let (short_secs, long_secs) = settings.alloc_probe_secs;
+        let mut alloc_probes = Vec::new();
+        for &(pattern, block_size, iodepth) in probe_jobs {
+            for options in variants {
+                let mut job = fio_job(settings, pattern, block_size, iodepth, Engine::IoUring);
+                job.runtime_secs = long_secs;
+                alloc_probes.push(AllocProbe {
+                    job,
+                    options: options.clone(),
+                    short_secs,
+                    long_secs,
+                });
+            }
+        }
         Plan {
             settings: settings.clone(),
             groups,
@@ -917,7 +914,7 @@ impl Plan {
             return;
         }
         let patterns: Vec<String> = patterns.iter().map(|p| p.to_lowercase()).collect();
-        let matches = |id: &str| {
+        let matches = |id: String| {
             let id = id.to_lowercase();
             patterns.iter().any(|pattern| id.contains(pattern.as_str()))
         };
@@ -925,18 +922,15 @@ impl Plan {
             let keep: Vec<bool> = group
                 .targets
                 .iter()
-                .map(|target| matches(&group.case_id(target)))
+                .map(|target| matches(group.case_id(target)))
                 .collect();
-            if !keep.contains(&true) {
-                return false;
-            }
-            let mut flags = keep.into_iter();
+            let mut flags = keep.iter();
             group
                 .targets
-                .retain(|target| flags.next().unwrap_or(false) || *target == Target::Plain);
-            true
+                .retain(|target| *flags.next().unwrap_or(&false) || *target == Target::Plain);
+            keep.contains(&true)
         });
-        self.alloc_probes.retain(|probe| matches(&probe.case_id()));
+        self.alloc_probes.retain(|probe| matches(probe.case_id()));
     }
 
     /// Workload runs in total (every target, every repetition).
@@ -948,25 +942,29 @@ impl Plan {
     /// A rough duration of one run of `target` in `group`.
     pub fn run_estimate_secs(&self, group: &Group, target: &Target) -> f64 {
         let work = match group.workload {
-            Workload::Fio(_) => group.workload.estimate_secs(),
-            _ => group.workload.estimate_secs() * target.slowdown(),
+            Workload::Convert { .. } | Workload::Dd { .. } => {
+                group.workload.estimate_secs() * target.slowdown()
+            }
+            _ => group.workload.estimate_secs(),
         };
         work + OVERHEAD_PER_RUN
     }
 
     /// A rough duration of the whole plan, to decide whether to start it now.
     pub fn estimate_secs(&self) -> f64 {
-        let mut total = 0.0;
-        for group in &self.groups {
-            for target in &group.targets {
-                total +=
-                    self.run_estimate_secs(group, target) * f64::from(self.settings.repetitions);
-            }
-        }
-        for probe in &self.alloc_probes {
-            total += f64::from(probe.short_secs + probe.long_secs) + 2.0 * OVERHEAD_PER_RUN;
-        }
-        total
+        let repetitions = f64::from(self.settings.repetitions);
+        let groups: f64 = self
+            .groups
+            .iter()
+            .flat_map(|group| group.targets.iter().map(move |t| (group, t)))
+            .map(|(group, target)| self.run_estimate_secs(group, target) * repetitions)
+            .sum();
+        let probes: f64 = self
+            .alloc_probes
+            .iter()
+            .map(|probe| f64::from(probe.short_secs + probe.long_secs) + 2.0 * OVERHEAD_PER_RUN)
+            .sum();
+        groups + probes
     }
 
     /// The listing `--dry-run` prints.
@@ -990,12 +988,8 @@ impl Plan {
                 let _ = writeln!(out, "\n{}:", group.name);
                 last_group = &group.name;
             }
-            let _ = writeln!(
-                out,
-                "  {}  ({})",
-                group.workload.id(),
-                group.workload.describe()
-            );
+            let workload = &group.workload;
+            let _ = writeln!(out, "  {}  ({})", workload.id(), workload.describe());
             for target in &group.targets {
                 let _ = writeln!(out, "    {}", group.case_id(target));
             }
@@ -1006,13 +1000,8 @@ impl Plan {
                 "\nalloc (fuse-export built with --features alloc-count; short and long run):"
             );
             for probe in &self.alloc_probes {
-                let _ = writeln!(
-                    out,
-                    "  {}  ({} s and {} s)",
-                    probe.case_id(),
-                    probe.short_secs,
-                    probe.long_secs
-                );
+                let (id, short, long) = (probe.case_id(), probe.short_secs, probe.long_secs);
+                let _ = writeln!(out, "  {id}  ({short} s and {long} s)");
             }
         }
         if !self.skipped.is_empty() {
@@ -1050,29 +1039,60 @@ impl fmt::Display for Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
-    fn full_plan() -> Plan {
-        Plan::build(
-            &Settings::for_mode(Mode::Full),
-            &ServerCapabilities::default(),
-        )
+    fn plan(mode: Mode, capabilities: &ServerCapabilities) -> Plan {
+        let variants = [ServerOptions::default()];
+        Plan::build(&Settings::for_mode(mode), capabilities, &variants)
     }
+
+    fn full_plan() -> Plan {
+        plan(Mode::Full, &ServerCapabilities::default())
+    }
+
+    fn case_ids(plan: &Plan) -> Vec<String> {
+        plan.groups
+            .iter()
+            .flat_map(|g| g.targets.iter().map(|t| g.case_id(t)))
+            .collect()
+    }
+
+    /// A help text in clap's long format.
+    fn help(options: &[(&str, &[&str])]) -> ServerCapabilities {
+        let mut text = String::from("Usage: fuse-export [OPTIONS]\n\nOptions:\n");
+        for (flag, values) in options {
+            text.push_str(&format!("      {flag} <X>\n          What it does\n\n"));
+            if !values.is_empty() {
+                text.push_str("          Possible values:\n");
+                for value in *values {
+                    text.push_str(&format!("          - {value}: meaning\n"));
+                }
+            }
+        }
+        text.push_str("  -h, --help\n          Print help\n");
+        ServerCapabilities::from_help(&text)
+    }
+
+    const NUMERIC_OPTIONS: [(&str, &[&str]); 5] = [
+        ("--queues", &[]),
+        ("--max-write", &[]),
+        ("--spill-tiers", &[]),
+        ("--cache", &["none", "writeback"]),
+        ("--reads-per-queue", &[]),
+    ];
 
     #[test]
     fn every_group_starts_with_the_plain_baseline_and_ids_are_unique() {
         for mode in [Mode::Quick, Mode::Full] {
-            let plan = Plan::build(&Settings::for_mode(mode), &ServerCapabilities::default());
+            let plan = plan(mode, &ServerCapabilities::default());
             let mut ids = BTreeSet::new();
             for group in &plan.groups {
                 assert_eq!(group.targets[0], Target::Plain, "{}", group.workload.id());
-                for target in &group.targets {
-                    assert!(
-                        ids.insert(group.case_id(target)),
-                        "{}",
-                        group.case_id(target)
-                    );
-                }
+            }
+            for id in case_ids(&plan) {
+                assert!(ids.insert(id.clone()), "{id}");
             }
         }
     }
@@ -1080,11 +1100,7 @@ mod tests {
     #[test]
     fn full_plan_covers_the_issue_matrix() {
         let plan = full_plan();
-        let ids: Vec<String> = plan
-            .groups
-            .iter()
-            .flat_map(|g| g.targets.iter().map(|t| g.case_id(t)))
-            .collect();
+        let ids = case_ids(&plan);
         for wanted in [
             "matrix/convert-cache/qsd",
             "matrix/convert-direct/fuse-export",
@@ -1095,12 +1111,16 @@ mod tests {
             "matrix/fio-read-64k-qd16-io_uring/fuse-export",
             "matrix/fio-write-1M-qd16-io_uring/fuse-export",
             "matrix/fio-randrw70-4k-qd32-io_uring/fuse-export",
-            "knob-transport/fio-randread-4k-qd32-io_uring/fuse-export[transport=uring-cmd]",
+            "matrix/ext4-fio-randwrite-4k-qd32-io_uring/plain",
+            "matrix/ext4-fio-randread-4k-qd32-io_uring/qsd",
+            "knob-transport/fio-randread-4k-qd32-io_uring/fuse-export[transport=uring]",
+            "knob-queue_depth/fio-read-1M-qd16-io_uring/fuse-export[queue_depth=128]",
             "knob-queues/fio-randread-4k-qd32-io_uring/fuse-export[queues=4]",
             "knob-o_direct_opens/convert-direct/fuse-export[o_direct=parallel-chunks]",
             "knob-o_direct_opens/fio-randwrite-4k-qd32-io_uring/fuse-export[o_direct=parallel-writers]",
             "knob-max_write/dd-write-1M/fuse-export[max_write=4k]",
             "knob-spill_tiers/fio-write-64k-qd16-io_uring/fuse-export[spill=1M]",
+            "knob-spill_tiers/fio-write-64k-qd16-io_uring/fuse-export[spill=16K+64K+256K]",
             "knob-cache/fio-write-1M-qd16-io_uring/fuse-export[cache=writeback]",
             "knob-reads_per_queue/fio-randwrite-4k-qd32-io_uring/fuse-export[reads=32]",
         ] {
@@ -1108,7 +1128,7 @@ mod tests {
         }
         assert!(plan.skipped.is_empty());
         assert!(
-            plan.estimate_secs() < 55.0 * 60.0,
+            plan.estimate_secs() < 60.0 * 60.0,
             "{}",
             Duration(plan.estimate_secs())
         );
@@ -1116,43 +1136,59 @@ mod tests {
 
     #[test]
     fn quick_plan_is_small() {
-        let plan = Plan::build(
-            &Settings::for_mode(Mode::Quick),
-            &ServerCapabilities::default(),
-        );
+        let plan = plan(Mode::Quick, &ServerCapabilities::default());
         assert!(
             plan.estimate_secs() < 6.0 * 60.0,
             "{}",
             Duration(plan.estimate_secs())
         );
         assert!(plan.groups.iter().any(|g| g.name.starts_with("knob-")));
+        assert!(
+            plan.groups
+                .iter()
+                .any(|g| g.workload.id().starts_with("ext4-"))
+        );
+    }
+
+    #[test]
+    fn help_text_gives_options_and_their_values() {
+        let capabilities = help(&[
+            ("--transport", &["auto", "readv", "uring"]),
+            ("--queues", &[]),
+        ]);
+        assert!(capabilities.supports("--queues"));
+        assert!(capabilities.supports("--help"));
+        assert!(!capabilities.supports("--cache"));
+        assert_eq!(
+            capabilities.values("--transport"),
+            ["auto", "readv", "uring"]
+        );
+        assert!(capabilities.offers("--transport", "uring"));
+        assert!(!capabilities.offers("--transport", "passthrough"));
+        assert!(capabilities.offers("--queues", "7"));
+        assert!(ServerCapabilities::default().offers("--anything", "at-all"));
     }
 
     #[test]
     fn missing_server_options_are_reported_not_dropped() {
-        let capabilities = ServerCapabilities::from_help(
-            "Usage: fuse-export [OPTIONS] --image <PATH>\n  --queues <N>\n  --max-write <BYTES>\n\
-             --spill-tiers <SIZES>\n  --cache <CACHE>\n  --reads-per-queue <N>\n  -h, --help",
-        );
-        assert!(capabilities.supports("--queues"));
-        assert!(!capabilities.supports("--transport"));
-        let plan = Plan::build(&Settings::for_mode(Mode::Full), &capabilities);
+        let plan = plan(Mode::Full, &help(&NUMERIC_OPTIONS));
         assert!(!plan.groups.iter().any(|g| g.name == "knob-transport"));
         let reasons: Vec<&str> = plan.skipped.iter().map(|s| s.reason.as_str()).collect();
         assert_eq!(
             reasons,
             [
                 "this fuse-export build has no --transport option",
+                "this fuse-export build has no --queue-depth option",
                 "this fuse-export build has no --o-direct-opens option"
             ]
         );
+    }
 
-        let capabilities = ServerCapabilities::from_help(
-            "--queues <N>\n--transport <TRANSPORT>\n  Possible values:\n  - readv: x\n  \
-             - passthrough: y\n--o-direct-opens <MODE>\n  parallel-writers, parallel-chunks\n\
-             --max-write\n--spill-tiers\n--cache\n--reads-per-queue",
-        );
-        let plan = Plan::build(&Settings::for_mode(Mode::Full), &capabilities);
+    #[test]
+    fn transports_come_from_the_lab_and_the_server() {
+        let mut options = NUMERIC_OPTIONS.to_vec();
+        options.push(("--transport", &["auto", "readv", "passthrough", "future"]));
+        let plan = plan(Mode::Full, &help(&options));
         let transport = plan
             .groups
             .iter()
@@ -1164,17 +1200,67 @@ mod tests {
             [
                 "plain",
                 "fuse-export[transport=readv]",
-                "fuse-export[transport=passthrough]"
+                "fuse-export[transport=passthrough]",
+                "fuse-export[transport=future]"
             ]
         );
-        assert_eq!(plan.skipped.len(), 1);
-        assert!(plan.skipped[0].what.contains("uring-cmd"));
+        let uring = plan
+            .skipped
+            .iter()
+            .find(|s| s.what == "knob transport=uring")
+            .unwrap();
+        assert_eq!(
+            uring.reason,
+            "this fuse-export build does not offer --transport uring"
+        );
+    }
+
+    #[test]
+    fn variants_run_on_every_workload() {
+        let variants: Vec<ServerOptions> = ["readv", "uring"]
+            .iter()
+            .map(|t| ServerOptions::default().with(&TRANSPORT, t))
+            .collect();
+        let settings = Settings::for_mode(Mode::Full);
+        let plan = Plan::build(&settings, &ServerCapabilities::default(), &variants);
+        for group in plan.groups.iter().filter(|g| g.name != "knob-transport") {
+            let labels: Vec<String> = group.targets.iter().map(Target::label).collect();
+            assert!(
+                labels.iter().any(|l| l.contains("transport=uring")),
+                "{}: {labels:?}",
+                group.workload.id()
+            );
+        }
+        let queues = plan
+            .groups
+            .iter()
+            .find(|g| g.name == "knob-queues")
+            .unwrap();
+        assert_eq!(queues.targets.len(), 1 + 3 * 2);
+        assert!(
+            queues
+                .targets
+                .contains(&Target::FuseExport(variants[1].clone().with(&QUEUES, "4")))
+        );
+        // The transport sweep sets the transport itself: no duplicates.
+        let sweep = plan
+            .groups
+            .iter()
+            .find(|g| g.name == "knob-transport")
+            .unwrap();
+        assert_eq!(sweep.targets.len(), 1 + KNOWN_TRANSPORTS.len());
+        assert_eq!(plan.alloc_probes.len(), 5 * 2);
+        assert!(
+            plan.alloc_probes[1]
+                .case_id()
+                .ends_with("[transport=uring]")
+        );
     }
 
     #[test]
     fn filter_keeps_matching_cases_and_their_baseline() {
         let mut plan = full_plan();
-        plan.filter(&["RANDREAD-4k-qd32-io_uring/qsd".into()]);
+        plan.filter(&["matrix/fio-RANDREAD-4k-qd32-io_uring/qsd".into()]);
         assert_eq!(plan.groups.len(), 1);
         assert_eq!(plan.groups[0].targets, vec![Target::Plain, Target::Qsd]);
         assert!(plan.alloc_probes.is_empty());
@@ -1191,25 +1277,32 @@ mod tests {
 
     #[test]
     fn server_arguments_follow_the_options() {
-        let options = ServerOptions {
-            max_write: Some(64 * KIB),
-            spill_tiers: Some("16K,64K"),
-            cache: Some(CacheMode::Writeback),
-            reads_per_queue: Some(4),
-            ..ServerOptions::default()
-        };
+        let spill = KNOBS.iter().find(|k| k.name == "spill_tiers").unwrap();
+        let options = ServerOptions::default()
+            .with(&MAX_WRITE, "64K")
+            .with(spill, "16K,64K")
+            .with(&TRANSPORT, "uring");
         assert_eq!(
             options.args().join(" "),
-            "--queues 2 --max-write 64K --spill-tiers 16K,64K --cache writeback --reads-per-queue 4"
+            "--queues 2 --max-write 64K --spill-tiers 16K,64K --transport uring"
         );
         assert_eq!(
-            Target::FuseExport(options).label(),
-            "fuse-export[max_write=64k,spill=16K+64K,cache=writeback,reads=4]"
+            options.label(),
+            "fuse-export[max_write=64k,spill=16K+64K,transport=uring]"
+        );
+        assert_eq!(
+            options.with(&QUEUES, "1").label(),
+            "fuse-export[queues=1,max_write=64k,spill=16K+64K,transport=uring]"
         );
     }
 
     #[test]
-    fn durations_read_well() {
+    fn sizes_and_durations_read_well() {
+        assert_eq!(size_short(4 * KIB), "4k");
+        assert_eq!(size_short(MIB), "1M");
+        assert_eq!(size_short(1000), "1000");
+        assert_eq!(size_long(4 * GIB), "4 GiB");
+        assert_eq!(size_long(1536 * KIB), "1536 KiB");
         assert_eq!(Duration(45.2).to_string(), "45 s");
         assert_eq!(Duration(750.0).to_string(), "12m 30s");
         assert_eq!(Duration(3720.0).to_string(), "1h 02m");

@@ -4,12 +4,15 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::plan::{Engine, FioJob, KNOBS, Metric, Pattern, Target, Workload, size_short};
-use super::results::{CaseSummary, LabResults, Outcome};
-use super::stats::Summary;
-use super::svg::{self, Plot, Series};
+use serde::Serialize;
 
-/// `950`, `52.1k`, `1.23M`: IOPS in progress lines and tables.
+use super::plan::{AllocProbe, Duration, Engine, FioJob, KIB, KNOBS, Knob, Metric, Mode};
+use super::plan::{Pattern, ServerOptions, Workload, size_long};
+use super::plot;
+use super::results::{AllocCounts, CaseSummary, LabResults, Outcome};
+use super::stats::Summary;
+
+/// `950`, `52.1k`, `1.23M`: IOPS in progress lines, tables and plots.
 pub fn compact(value: f64) -> String {
     if value >= 1e6 {
         format!("{:.2}M", value / 1e6)
@@ -22,11 +25,17 @@ pub fn compact(value: f64) -> String {
     }
 }
 
-fn format_value(metric: Metric, value: f64) -> String {
-    match metric {
-        Metric::Seconds => format!("{value:.2} s"),
-        Metric::MibPerSec => format!("{value:.0} MiB/s"),
-        Metric::Iops => format!("{} IOPS", compact(value)),
+/// A number in the metric's precision, with its unit when `unit`.
+fn format_value(metric: Metric, value: f64, unit: bool) -> String {
+    let number = match metric {
+        Metric::Seconds => format!("{value:.2}"),
+        Metric::MibPerSec => format!("{value:.0}"),
+        Metric::Iops => compact(value),
+    };
+    if unit {
+        format!("{number} {}", metric.unit())
+    } else {
+        number
     }
 }
 
@@ -40,17 +49,16 @@ fn spread(summary: &Summary, format: impl Fn(f64) -> String) -> String {
     }
 }
 
-fn ratio_spread(summary: &Summary) -> String {
-    spread(summary, |v| format!("{v:.2}"))
+fn ratio_text(ratio: &Summary) -> String {
+    format!(
+        "{:.2}×{}",
+        ratio.median,
+        spread(ratio, |v| format!("{v:.2}"))
+    )
 }
 
-/// A bare number in the metric's precision, for spreads.
-fn format_number(metric: Metric, value: f64) -> String {
-    match metric {
-        Metric::Seconds => format!("{value:.2}"),
-        Metric::MibPerSec => format!("{value:.0}"),
-        Metric::Iops => compact(value),
-    }
+fn mib(kib: f64) -> String {
+    format!("{:.1} MiB", kib / 1024.0)
 }
 
 /// A table cell for a target: ratio with spread, then the absolute value;
@@ -59,25 +67,15 @@ fn ratio_cell(metric: Metric, case: &CaseSummary, is_plain: bool) -> String {
     let Some(value) = case.metric else {
         return problem_text(case);
     };
-    let absolute = format!(
-        "{}{}",
-        format_value(metric, value.median),
-        spread(&value, |v| format_number(metric, v))
-    );
+    let absolute = format_value(metric, value.median, true);
     if is_plain {
-        return absolute;
+        return absolute + &spread(&value, |v| format_value(metric, v, false));
     }
     match case.ratio {
-        Some(ratio) => format!(
-            "**{:.2}×**{} · {}",
-            ratio.median,
-            ratio_spread(&ratio),
-            format_value(metric, value.median)
-        ),
-        None => format!(
-            "{} (no plain baseline to compare)",
-            format_value(metric, value.median)
-        ),
+        Some(ratio) => format!("**{:.2}×**{} · {absolute}", ratio.median, {
+            spread(&ratio, |v| format!("{v:.2}"))
+        }),
+        None => format!("{absolute} (no plain baseline to compare)"),
     }
 }
 
@@ -85,16 +83,26 @@ fn problem_text(case: &CaseSummary) -> String {
     if case.problems.is_empty() {
         "—".into()
     } else {
-        case.problems
-            .iter()
-            .map(|p| p.replace('|', "/"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        case.problems.join("; ")
     }
 }
 
-fn mib(kib: f64) -> String {
-    format!("{:.1} MiB", kib / 1024.0)
+/// Appends a Markdown table; `|` inside a cell would end it, so it becomes
+/// `/`.
+fn table(md: &mut String, header: Vec<String>, rows: impl IntoIterator<Item = Vec<String>>) {
+    let line = |cells: &[String]| {
+        let cells: Vec<String> = cells.iter().map(|c| c.replace('|', "/")).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    md.push_str(&line(&header));
+    md.push_str(&format!("|{}\n", " --- |".repeat(header.len())));
+    for row in rows {
+        md.push_str(&line(&row));
+    }
+}
+
+fn strings<const N: usize>(items: [&str; N]) -> Vec<String> {
+    items.map(str::to_string).to_vec()
 }
 
 /// Writes every output file into `dir`; returns their paths.
@@ -107,431 +115,361 @@ pub fn write_all(results: &LabResults, dir: &Path) -> Result<Vec<PathBuf>, Strin
         written.push(path);
         Ok(())
     };
-    write("results.csv", results_csv(results))?;
-    write("allocations.csv", allocations_csv(results))?;
-    let plots = plots(results);
-    for (file, plot) in &plots {
-        write(file, svg::render(plot))?;
+    write("results.csv", results_csv(results)?)?;
+    write("allocations.csv", allocations_csv(results)?)?;
+    let plots = plot::plots(results);
+    for plot in &plots {
+        write(&plot.file, plot::render(plot)?)?;
     }
-    let plot_files: Vec<(String, String)> = plots
-        .iter()
-        .map(|(file, plot)| (file.clone(), plot.title.clone()))
-        .collect();
-    write("summary.md", summary_markdown(results, &plot_files))?;
+    write("summary.md", summary_markdown(results, &plots))?;
     Ok(written)
 }
 
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
-fn optional(value: Option<f64>) -> String {
+/// Three decimals are plenty and keep the file readable; NaN is no number.
+fn rounded(value: Option<f64>) -> Option<f64> {
     value
         .filter(|v| v.is_finite())
-        .map_or(String::new(), |v| format!("{v:.3}"))
+        .map(|v| (v * 1000.0).round() / 1000.0)
+}
+
+/// One row of results.csv; the field names are its header.
+#[derive(Serialize)]
+struct ResultRow<'a> {
+    group: &'a str,
+    workload: String,
+    target: String,
+    repetition: u32,
+    status: &'static str,
+    problem: &'a str,
+    metric: &'static str,
+    value: Option<f64>,
+    ratio_to_plain: Option<f64>,
+    seconds: Option<f64>,
+    bytes: Option<u64>,
+    ios: Option<u64>,
+    mib_per_s: Option<f64>,
+    iops: Option<f64>,
+    lat_p50_us: Option<f64>,
+    lat_p99_us: Option<f64>,
+    server_cpu_s: Option<f64>,
+    cpu_ms_per_gib: Option<f64>,
+    cpu_us_per_io: Option<f64>,
+    idle_rss_kib: Option<u64>,
+    peak_rss_kib: Option<u64>,
+    idle_threads: Option<u64>,
+    max_threads: Option<u64>,
+    fuse_requests: Option<u64>,
+    spilled_writes: Option<u64>,
+}
+
+/// One row of allocations.csv.
+#[derive(Serialize)]
+struct AllocationRow<'a> {
+    workload: String,
+    status: &'static str,
+    problem: &'a str,
+    short_allocations: Option<u64>,
+    short_requests: Option<u64>,
+    long_allocations: Option<u64>,
+    long_requests: Option<u64>,
+    steady_state_per_request: Option<f64>,
+    total_per_request: Option<f64>,
+}
+
+fn csv_text<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<String, String> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer
+            .serialize(row)
+            .map_err(|err| format!("cannot write CSV: {err}"))?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|err| format!("cannot write CSV: {err}"))?;
+    String::from_utf8(bytes).map_err(|err| format!("CSV is not UTF-8: {err}"))
 }
 
 /// One row per run.
-pub fn results_csv(results: &LabResults) -> String {
-    let mut out = String::from(
-        "group,workload,target,repetition,status,problem,metric,value,ratio_to_plain,\
-         seconds,bytes,ios,mib_per_s,iops,lat_p50_us,lat_p99_us,server_cpu_s,cpu_ms_per_gib,\
-         cpu_us_per_io,idle_rss_kib,peak_rss_kib,idle_threads,max_threads,fuse_requests,\
-         spilled_writes\n",
-    );
-    for record in &results.records {
+pub fn results_csv(results: &LabResults) -> Result<String, String> {
+    csv_text(results.records.iter().map(|record| {
         let group = &results.plan.groups[record.group];
         let metric = group.workload.metric();
-        let target = &group.targets[record.target];
         let (status, problem) = match &record.outcome {
-            Outcome::Measured { .. } => ("ok", String::new()),
-            Outcome::Failed(reason) => ("failed", reason.clone()),
-            Outcome::Unavailable(reason) => ("unavailable", reason.clone()),
+            Outcome::Measured { .. } => ("ok", ""),
+            Outcome::Failed(reason) => ("failed", reason.as_str()),
+            Outcome::Unavailable(reason) => ("unavailable", reason.as_str()),
         };
         let m = record.outcome.measurement();
         let s = record.outcome.server();
-        let fields = [
-            group.name.clone(),
-            group.workload.id(),
-            target.label(),
-            (record.repetition + 1).to_string(),
-            status.to_string(),
+        ResultRow {
+            group: &group.name,
+            workload: group.workload.id(),
+            target: group.targets[record.target].label(),
+            repetition: record.repetition + 1,
+            status,
             problem,
-            metric.unit().to_string(),
-            optional(m.and_then(|m| m.value(metric))),
-            optional(results.ratio(record)),
-            optional(m.map(|m| m.seconds)),
-            m.map_or(String::new(), |m| m.bytes.to_string()),
-            m.and_then(|m| m.ios)
-                .map_or(String::new(), |v| v.to_string()),
-            optional(m.map(|m| m.mib_per_sec())),
-            optional(m.and_then(|m| m.iops)),
-            optional(m.and_then(|m| m.lat_p50_us)),
-            optional(m.and_then(|m| m.lat_p99_us)),
-            optional(s.map(|s| s.cpu_seconds)),
-            optional(m.zip(s).and_then(|(m, s)| s.cpu_ms_per_gib(m))),
-            optional(m.zip(s).and_then(|(m, s)| s.cpu_us_per_io(m))),
-            s.map_or(String::new(), |s| s.idle_rss_kib.to_string()),
-            s.map_or(String::new(), |s| s.peak_rss_kib.to_string()),
-            s.map_or(String::new(), |s| s.idle_threads.to_string()),
-            s.map_or(String::new(), |s| s.max_threads.to_string()),
-            s.and_then(|s| s.requests)
-                .map_or(String::new(), |v| v.to_string()),
-            s.and_then(|s| s.spilled)
-                .map_or(String::new(), |v| v.to_string()),
-        ];
-        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        out.push_str(&row.join(","));
-        out.push('\n');
+            metric: metric.unit(),
+            value: rounded(m.and_then(|m| m.value(metric))),
+            ratio_to_plain: rounded(results.ratio(record)),
+            seconds: rounded(m.map(|m| m.seconds)),
+            bytes: m.map(|m| m.bytes),
+            ios: m.and_then(|m| m.ios),
+            mib_per_s: rounded(m.map(|m| m.mib_per_sec())),
+            iops: rounded(m.and_then(|m| m.iops)),
+            lat_p50_us: rounded(m.and_then(|m| m.lat_p50_us)),
+            lat_p99_us: rounded(m.and_then(|m| m.lat_p99_us)),
+            server_cpu_s: rounded(s.map(|s| s.cpu_seconds)),
+            cpu_ms_per_gib: rounded(m.zip(s).and_then(|(m, s)| s.cpu_ms_per_gib(m))),
+            cpu_us_per_io: rounded(m.zip(s).and_then(|(m, s)| s.cpu_us_per_io(m))),
+            idle_rss_kib: s.map(|s| s.idle_rss_kib),
+            peak_rss_kib: s.map(|s| s.peak_rss_kib),
+            idle_threads: s.map(|s| s.idle_threads),
+            max_threads: s.map(|s| s.max_threads),
+            fuse_requests: s.and_then(|s| s.requests),
+            spilled_writes: s.and_then(|s| s.spilled),
+        }
+    }))
+}
+
+/// `fio-…` for a probe on the lab's default options, else `fio-… on
+/// fuse-export[…]`.
+fn probe_name(probe: &AllocProbe) -> String {
+    let id = Workload::Fio(probe.job).id();
+    if probe.options == ServerOptions::default() {
+        id
+    } else {
+        format!("{id} on {}", probe.options.label())
     }
-    out
 }
 
 /// One row per allocation probe.
-pub fn allocations_csv(results: &LabResults) -> String {
-    let mut out = String::from(
-        "workload,status,problem,short_allocations,short_requests,long_allocations,\
-         long_requests,steady_state_per_request,total_per_request\n",
-    );
-    for record in &results.allocs {
-        let probe = &results.plan.alloc_probes[record.probe];
-        let id = Workload::Fio(probe.job).id();
-        let row = match &record.outcome {
-            Ok(c) => format!(
-                "{id},ok,,{},{},{},{},{},{}",
-                c.short_allocations,
-                c.short_requests,
-                c.long_allocations,
-                c.long_requests,
-                optional(c.steady_state_per_request()),
-                optional(c.total_per_request())
-            ),
-            Err(reason) => format!("{id},failed,{},,,,,,", csv_field(reason)),
-        };
-        out.push_str(&row);
-        out.push('\n');
-    }
-    out
+pub fn allocations_csv(results: &LabResults) -> Result<String, String> {
+    csv_text(results.allocs.iter().map(|record| {
+        let counts = record.outcome.as_ref().ok();
+        AllocationRow {
+            workload: probe_name(&results.plan.alloc_probes[record.probe]),
+            status: if counts.is_some() { "ok" } else { "failed" },
+            problem: record.outcome.as_ref().err().map_or("", String::as_str),
+            short_allocations: counts.map(|c| c.short_allocations),
+            short_requests: counts.map(|c| c.short_requests),
+            long_allocations: counts.map(|c| c.long_allocations),
+            long_requests: counts.map(|c| c.long_requests),
+            steady_state_per_request: rounded(counts.and_then(|c| c.steady_state_per_request())),
+            total_per_request: rounded(counts.and_then(|c| c.total_per_request())),
+        }
+    }))
 }
 
-/// Medians of the matrix's fio jobs matching `select`, as one series per
-/// target with `x_of` on the x axis.
-fn matrix_series(
-    results: &LabResults,
-    select: impl Fn(&FioJob) -> bool,
-    x_of: impl Fn(&FioJob) -> f64,
-    metric: Metric,
-) -> Vec<Series> {
-    let mut series: Vec<Series> = Vec::new();
-    for (group_index, group) in results.plan.groups.iter().enumerate() {
-        let Workload::Fio(job) = group.workload else {
-            continue;
-        };
-        if group.name != "matrix" || !select(&job) {
-            continue;
-        }
-        for (target_index, target) in group.targets.iter().enumerate() {
-            let values = results
-                .records_of(group_index, target_index)
-                .filter_map(|r| r.outcome.measurement()?.value(metric));
-            let Some(summary) = Summary::of(values) else {
-                continue;
-            };
+/// Indexes of the groups named `name`.
+fn groups_named(results: &LabResults, name: &str) -> Vec<usize> {
+    let groups = results.plan.groups.iter().enumerate();
+    groups
+        .filter(|(_, g)| g.name == name)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Labels of the targets of `groups` in plan order (`plain` first), each
+/// once: `--only` may have left a group with fewer targets than others.
+fn labels_of(results: &LabResults, groups: &[usize]) -> Vec<String> {
+    let mut labels = vec!["plain".to_string()];
+    for &index in groups {
+        for target in &results.plan.groups[index].targets {
             let label = target.label();
-            let point = (x_of(&job), summary.median);
-            match series.iter_mut().find(|s| s.label == label) {
-                Some(existing) => existing.points.push(point),
-                None => series.push(Series {
-                    label,
-                    points: vec![point],
-                }),
+            if !labels.contains(&label) {
+                labels.push(label);
             }
         }
     }
-    series
+    labels
 }
 
-fn ticks_of(series: &[Series], label: impl Fn(f64) -> String) -> Vec<(f64, String)> {
-    let mut xs: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|(x, _)| *x))
-        .collect();
-    xs.sort_by(f64::total_cmp);
-    xs.dedup();
-    xs.into_iter().map(|x| (x, label(x))).collect()
+/// The summary of the target labelled `label` in group `index`, if the
+/// group has it.
+fn case(results: &LabResults, index: usize, label: &str) -> Option<CaseSummary> {
+    let targets = &results.plan.groups[index].targets;
+    let target = targets.iter().position(|t| t.label() == label)?;
+    Some(results.summarize(index, target))
 }
 
-/// Throughput against block size and IOPS against queue depth.
-pub fn plots(results: &LabResults) -> Vec<(String, Plot)> {
-    let mut plots = Vec::new();
-    for (pattern, name, title) in [
-        (
-            Pattern::SeqRead,
-            "throughput-seq-read.svg",
-            "Sequential read, O_DIRECT, io_uring QD16",
-        ),
-        (
-            Pattern::SeqWrite,
-            "throughput-seq-write.svg",
-            "Sequential write, O_DIRECT, io_uring QD16",
-        ),
-    ] {
-        let series = matrix_series(
-            results,
-            |job| job.pattern == pattern && job.engine == Engine::IoUring,
-            |job| job.block_size as f64,
-            Metric::MibPerSec,
-        );
-        if series.is_empty() {
-            continue;
-        }
-        plots.push((
-            name.to_string(),
-            Plot {
-                title: title.into(),
-                x_label: "block size".into(),
-                y_label: "MiB/s".into(),
-                x_ticks: ticks_of(&series, |x| size_short(x as u64)),
-                series,
-            },
-        ));
-    }
-    for (pattern, name, title) in [
-        (
-            Pattern::RandRead,
-            "iops-randread.svg",
-            "4k random read, O_DIRECT, io_uring",
-        ),
-        (
-            Pattern::RandWrite,
-            "iops-randwrite.svg",
-            "4k random write, O_DIRECT, io_uring",
-        ),
-    ] {
-        let series = matrix_series(
-            results,
-            |job| job.pattern == pattern && job.engine == Engine::IoUring && job.block_size == 4096,
-            |job| f64::from(job.iodepth),
-            Metric::Iops,
-        );
-        if series.is_empty() {
-            continue;
-        }
-        plots.push((
-            name.to_string(),
-            Plot {
-                title: title.into(),
-                x_label: "queue depth".into(),
-                y_label: "IOPS".into(),
-                x_ticks: ticks_of(&series, |x| format!("{x:.0}")),
-                series,
-            },
-        ));
-    }
-    plots
-}
-
-/// A goal from the issue and how to judge it.
-struct GoalRow {
-    goal: String,
-    fuse_export: String,
-    qsd: String,
-    status: String,
-}
-
-fn status(met: Option<bool>, why_not: &str) -> String {
-    match met {
-        Some(true) => "met".into(),
-        Some(false) => "**not met**".into(),
+/// One goal's row: a cell and (for fuse-export columns) whether it is met,
+/// per column, then the status; `why_not` says why a goal has no verdict.
+fn goal_row(
+    goal: &str,
+    columns: &[String],
+    why_not: &str,
+    cell: impl Fn(&str) -> (String, Option<bool>),
+) -> Vec<String> {
+    let status = |met: Option<bool>| match met {
+        Some(true) => "met".to_string(),
+        Some(false) => "**not met**".to_string(),
         None => format!("not measured: {why_not}"),
+    };
+    let mut row = vec![goal.to_string()];
+    let mut verdicts = Vec::new();
+    for label in columns {
+        let (text, met) = cell(label);
+        row.push(text);
+        if label.starts_with("fuse-export") {
+            verdicts.push((label, met));
+        }
     }
+    row.push(match verdicts.as_slice() {
+        [] => status(None),
+        [(_, met)] => status(*met),
+        several => several
+            .iter()
+            .map(|(label, met)| format!("{label}: {}", status(*met)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    });
+    row
 }
 
-/// Ratio goals on matrix groups.
+/// A goal on the ratio to plain of a matrix workload.
 fn ratio_goal(
     results: &LabResults,
+    columns: &[String],
     workload_id: &str,
     goal: &str,
-    bound: f64,
-    at_most: bool,
-) -> GoalRow {
-    let Some((index, group)) = results.find_group("matrix", workload_id) else {
-        return GoalRow {
-            goal: goal.into(),
-            fuse_export: "—".into(),
-            qsd: "—".into(),
-            status: status(None, "not in this plan (filtered or --quick)"),
-        };
+    met: impl Fn(f64) -> bool,
+) -> Vec<String> {
+    let Some((index, _)) = results.find_group("matrix", workload_id) else {
+        let why_not = "not in this plan (filtered or --quick)";
+        return goal_row(goal, columns, why_not, |_| ("—".into(), None));
     };
-    let cell = |label: &str| -> (String, Option<f64>) {
-        let Some(target) = group.targets.iter().position(|t| t.label() == label) else {
-            return ("not in plan".into(), None);
-        };
-        let case = results.summarize(index, target);
-        match case.ratio {
-            Some(ratio) => (
-                format!("{:.2}×{}", ratio.median, ratio_spread(&ratio)),
-                Some(ratio.median),
-            ),
-            None => (problem_text(&case), None),
+    goal_row(goal, columns, "no ratio (see below)", |label| {
+        match case(results, index, label) {
+            None => ("not in plan".into(), None),
+            Some(case) => match case.ratio {
+                Some(ratio) => (ratio_text(&ratio), Some(met(ratio.median))),
+                None => (problem_text(&case), None),
+            },
         }
-    };
-    let (fuse_export, value) = cell("fuse-export");
-    let (qsd, _) = cell("qsd");
-    let met = value.map(|v| if at_most { v <= bound } else { v >= bound });
-    GoalRow {
-        goal: goal.into(),
-        fuse_export,
-        qsd,
-        status: status(met, "no ratio (see below)"),
-    }
+    })
 }
 
-fn goal_rows(results: &LabResults) -> Vec<GoalRow> {
+fn goal_rows(results: &LabResults, columns: &[String]) -> Vec<Vec<String>> {
     let mut rows = vec![ratio_goal(
         results,
+        columns,
         "convert-direct",
         "qemu-img convert -t none ≤ 1.3× plain time",
-        1.3,
-        true,
+        |ratio| ratio <= 1.3,
     )];
-    for (pattern, name) in [
-        (Pattern::RandRead, "randread"),
-        (Pattern::RandWrite, "randwrite"),
-    ] {
+    for pattern in [Pattern::RandRead, Pattern::RandWrite] {
         for engine in [Engine::IoUring, Engine::Libaio] {
-            let id = Workload::Fio(FioJob {
+            let job = FioJob {
                 pattern,
-                block_size: 4096,
+                block_size: 4 * KIB,
                 iodepth: 32,
                 engine,
                 runtime_secs: 0,
-            })
-            .id();
-            rows.push(ratio_goal(
-                results,
-                &id,
-                &format!("4k {name} QD32 ({}) ≥ 0.85× plain IOPS", engine.fio_name()),
-                0.85,
-                false,
-            ));
+            };
+            let goal = format!(
+                "4k {} QD32 ({}) ≥ 0.85× plain IOPS",
+                pattern.fio_rw(),
+                engine.fio_name()
+            );
+            let id = Workload::Fio(job).id();
+            rows.push(ratio_goal(results, columns, &id, &goal, |r| r >= 0.85));
         }
     }
-    rows.push(ratio_goal(
-        results,
-        "fio-read-1M-qd16-io_uring",
-        "1M sequential read (fio QD16) ≥ 0.95× plain",
-        0.95,
-        false,
-    ));
-    rows.push(ratio_goal(
-        results,
-        "dd-read-1M",
-        "1M sequential read (dd, QD1) ≥ 0.95× plain",
-        0.95,
-        false,
-    ));
-
-    // Idle RSS over every matrix run of the 2-queue default.
-    let idle = |label: &str| {
-        Summary::of(results.records.iter().filter_map(|r| {
-            let group = &results.plan.groups[r.group];
-            (group.name == "matrix" && group.targets[r.target].label() == label)
-                .then(|| r.outcome.server().map(|s| s.idle_rss_kib as f64))
-                .flatten()
-        }))
-    };
-    let fuse_idle = idle("fuse-export");
-    let qsd_idle = idle("qsd");
-    let show = |s: Option<Summary>| {
-        s.map_or("—".into(), |s| {
-            format!(
-                "{}{}",
-                mib(s.median),
-                spread(&s, |kib| format!("{:.1}", kib / 1024.0))
-            )
-        })
-    };
-    rows.push(GoalRow {
-        goal: "idle RSS ≤ 8 MiB with 2 queues".into(),
-        fuse_export: show(fuse_idle),
-        qsd: show(qsd_idle),
-        status: status(
-            fuse_idle.map(|s| s.median <= 8.0 * 1024.0),
-            "no fuse-export run",
+    for (id, goal) in [
+        (
+            "fio-read-1M-qd16-io_uring",
+            "1M sequential read (fio QD16) ≥ 0.95× plain",
         ),
-    });
+        ("dd-read-1M", "1M sequential read (dd, QD1) ≥ 0.95× plain"),
+    ] {
+        rows.push(ratio_goal(results, columns, id, goal, |r| r >= 0.95));
+    }
+
+    // Idle RSS over every matrix run of each target.
+    rows.push(goal_row(
+        "idle RSS ≤ 8 MiB with 2 queues",
+        columns,
+        "no fuse-export run",
+        |label| {
+            let idle = Summary::of(results.records.iter().filter_map(|r| {
+                let group = &results.plan.groups[r.group];
+                let wanted = group.name == "matrix" && group.targets[r.target].label() == label;
+                wanted.then(|| r.outcome.server().map(|s| s.idle_rss_kib as f64))?
+            }));
+            match idle {
+                Some(s) => {
+                    let text = mib(s.median) + &spread(&s, |kib| format!("{:.1}", kib / 1024.0));
+                    (text, Some(s.median <= 8.0 * 1024.0))
+                }
+                None => ("—".into(), None),
+            }
+        },
+    ));
 
     // Allocations: every probe must show none in steady state.
-    let measured: Vec<_> = results
-        .allocs
-        .iter()
-        .filter_map(|r| r.outcome.as_ref().ok())
-        .collect();
-    let extra: Vec<(u64, u64)> = measured
-        .iter()
-        .map(|c| {
-            (
-                c.long_allocations.saturating_sub(c.short_allocations),
-                c.long_requests.saturating_sub(c.short_requests),
-            )
-        })
-        .collect();
-    let worst = measured
-        .iter()
-        .filter_map(|c| c.steady_state_per_request())
-        .fold(None, |acc: Option<f64>, v| {
-            Some(acc.map_or(v, |a| a.max(v)))
-        });
-    let first_error = results
+    let why_not = results
         .allocs
         .iter()
         .find_map(|r| r.outcome.as_ref().err().cloned())
         .unwrap_or_else(|| "no allocation probe ran".into());
-    rows.push(GoalRow {
-        goal: "zero allocations per request in steady state".into(),
-        fuse_export: match worst {
-            Some(worst) => format!(
-                "worst {worst:.4}/request ({} extra allocations over {} extra requests)",
-                extra.iter().map(|e| e.0).sum::<u64>(),
-                extra.iter().map(|e| e.1).sum::<u64>()
-            ),
-            None => "—".into(),
+    rows.push(goal_row(
+        "zero allocations per request in steady state",
+        columns,
+        &why_not,
+        |label| {
+            let measured: Vec<&AllocCounts> = results
+                .allocs
+                .iter()
+                .filter(|r| results.plan.alloc_probes[r.probe].options.label() == label)
+                .filter_map(|r| r.outcome.as_ref().ok())
+                .collect();
+            let worst = measured
+                .iter()
+                .filter_map(|c| c.steady_state_per_request())
+                .reduce(f64::max);
+            let extra = |f: fn(&AllocCounts) -> u64| measured.iter().map(|c| f(c)).sum::<u64>();
+            let allocations = extra(|c| c.long_allocations.saturating_sub(c.short_allocations));
+            let requests = extra(|c| c.long_requests.saturating_sub(c.short_requests));
+            match worst {
+                Some(worst) => (
+                    format!(
+                        "worst {worst:.4}/request ({allocations} extra allocations over \
+                         {requests} extra requests)"
+                    ),
+                    Some(allocations == 0),
+                ),
+                None => ("—".into(), None),
+            }
         },
-        qsd: "—".into(),
-        status: status(
-            (!measured.is_empty()).then(|| extra.iter().all(|e| e.0 == 0)),
-            &first_error,
-        ),
-    });
+    ));
     rows
 }
 
-pub fn summary_markdown(results: &LabResults, plots: &[(String, String)]) -> String {
+fn workload_cell(workload: &Workload) -> String {
+    format!("`{}` {}", workload.id(), workload.describe())
+}
+
+pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
     let plan = &results.plan;
     let settings = &plan.settings;
     let context = &results.context;
     let mut md = String::new();
     let _ = writeln!(md, "# fuse-export performance lab, {}\n", context.started);
     if context.interrupted {
-        let _ = writeln!(md, "**Interrupted: partial results.**\n");
+        md.push_str("**Interrupted: partial results.**\n\n");
     }
     let _ = writeln!(
         md,
         "- run: {}, {} repetition(s) per case interleaved with the plain file, \
          image {}, fio {} s per run, {} in total",
         match settings.mode {
-            super::plan::Mode::Quick => "`--quick`",
-            super::plan::Mode::Full => "full",
+            Mode::Quick => "`--quick`",
+            Mode::Full => "full",
         },
         settings.repetitions,
-        super::plan::size_long(settings.image_size),
+        size_long(settings.image_size),
         settings.fio_runtime_secs,
-        super::plan::Duration(context.elapsed_secs),
+        Duration(context.elapsed_secs),
     );
     let _ = writeln!(md, "- host: {}", context.host);
     for (name, version) in &context.versions {
@@ -545,234 +483,177 @@ pub fn summary_markdown(results: &LabResults, plots: &[(String, String)]) -> Str
          repetition; median over repetitions, (min–max) when there are several. For \
          convert (seconds) lower is better, everywhere else higher is better. \
          fuse-export runs with `--queues 2` unless a knob says otherwise; \
-         qsd = qemu-storage-daemon `--export fuse` (aio=io_uring, cache.direct=on).\n",
+         qsd = qemu-storage-daemon `--export fuse` (aio=io_uring, cache.direct=on). \
+         `ext4-` workloads run fio in a file on a fresh ext4 on a direct-I/O loop \
+         device over the target.\n",
     );
 
-    md.push_str("\n## Goals\n\n| goal | fuse-export | qsd | status |\n| --- | --- | --- | --- |\n");
-    for row in goal_rows(results) {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            row.goal, row.fuse_export, row.qsd, row.status
-        );
-    }
+    let matrix = groups_named(results, "matrix");
+    let labels = labels_of(results, &matrix);
+    let servers = &labels[1..];
+    md.push_str("\n## Goals\n\n");
+    let header = [
+        vec!["goal".to_string()],
+        servers.to_vec(),
+        strings(["status"]),
+    ]
+    .concat();
+    table(&mut md, header, goal_rows(results, servers));
 
-    let matrix: Vec<usize> = plan
-        .groups
-        .iter()
-        .enumerate()
-        .filter(|(_, g)| g.name == "matrix")
-        .map(|(i, _)| i)
-        .collect();
     if !matrix.is_empty() {
-        let labels = ["plain", "fuse-export", "qsd"];
-        md.push_str(
-            "\n## Workloads\n\n| workload | plain | fuse-export | qsd |\n| --- | --- | --- | --- |\n",
-        );
-        for &index in &matrix {
-            let group = &plan.groups[index];
-            let metric = group.workload.metric();
-            let cells: Vec<String> = labels
-                .iter()
-                .map(
-                    |label| match group.targets.iter().position(|t| t.label() == *label) {
-                        Some(target) => ratio_cell(
-                            metric,
-                            &results.summarize(index, target),
-                            group.targets[target] == Target::Plain,
-                        ),
-                        None => "not in plan".into(),
-                    },
-                )
-                .collect();
-            let _ = writeln!(
-                md,
-                "| `{}` {}{} | {} |",
-                group.workload.id(),
-                group.workload.describe(),
-                if metric.higher_is_better() {
-                    ""
-                } else {
-                    " (time: lower is better)"
-                },
-                cells.join(" | ")
-            );
-        }
-
-        md.push_str(
-            "\n## Latency (fio completion latency, µs, p50 / p99)\n\n\
-             | workload | plain | fuse-export | qsd |\n| --- | --- | --- | --- |\n",
-        );
-        for &index in &matrix {
-            let group = &plan.groups[index];
-            if !matches!(group.workload, Workload::Fio(_)) {
-                continue;
+        let header = [strings(["workload"]), labels.clone()].concat();
+        md.push_str("\n## Workloads\n\n");
+        let rows = matrix.iter().map(|&index| {
+            let workload = &plan.groups[index].workload;
+            let metric = workload.metric();
+            let mut row = vec![workload_cell(workload)];
+            if !metric.higher_is_better() {
+                row[0].push_str(" (time: lower is better)");
             }
-            let cells: Vec<String> = labels
-                .iter()
-                .map(|label| {
-                    group
-                        .targets
-                        .iter()
-                        .position(|t| t.label() == *label)
-                        .map(|target| results.summarize(index, target))
-                        .and_then(|case| Some((case.lat_p50_us?, case.lat_p99_us?)))
-                        .map_or("—".into(), |(p50, p99)| {
-                            format!("{:.0} / {:.0}", p50.median, p99.median)
-                        })
+            row.extend(labels.iter().map(|label| {
+                case(results, index, label).map_or("not in plan".into(), |case| {
+                    ratio_cell(metric, &case, label == "plain")
                 })
-                .collect();
-            let _ = writeln!(md, "| `{}` | {} |", group.workload.id(), cells.join(" | "));
-        }
+            }));
+            row
+        });
+        table(&mut md, header.clone(), rows);
+
+        md.push_str("\n## Latency (fio completion latency, µs, p50 / p99)\n\n");
+        let fio_groups = matrix.iter().copied().filter(|&index| {
+            let workload = &plan.groups[index].workload;
+            matches!(workload, Workload::Fio(_) | Workload::Ext4Fio { .. })
+        });
+        let rows = fio_groups.map(|index| {
+            let mut row = vec![format!("`{}`", plan.groups[index].workload.id())];
+            row.extend(labels.iter().map(|label| {
+                case(results, index, label)
+                    .and_then(|case| Some((case.lat_p50_us?, case.lat_p99_us?)))
+                    .map_or("—".into(), |(p50, p99)| {
+                        format!("{:.0} / {:.0}", p50.median, p99.median)
+                    })
+            }));
+            row
+        });
+        table(&mut md, header, rows);
 
         md.push_str(
             "\n## Server cost (median per run)\n\n\
              CPU is user+system time of the whole server process (all threads, io_uring \
              workers included) during the workload, per client I/O for fio and per GiB \
              otherwise; RSS is VmHWM of a server started fresh for the run; threads is the \
-             most seen while it ran.\n\n\
-             | workload | fuse-export CPU | qsd CPU | fuse-export RSS idle / peak | \
-             qsd RSS idle / peak | threads idle → max, fuse-export / qsd |\n\
-             | --- | --- | --- | --- | --- | --- |\n",
+             most seen while it ran.\n\n",
         );
-        for &index in &matrix {
-            let group = &plan.groups[index];
-            let case = |label: &str| {
-                group
-                    .targets
+        let mut header = strings(["workload"]);
+        header.extend(servers.iter().map(|l| format!("{l} CPU")));
+        header.extend(servers.iter().map(|l| format!("{l} RSS idle / peak")));
+        header.push(format!("threads idle → max, {}", servers.join(" / ")));
+        let rows = matrix.iter().map(|&index| {
+            let cases: Vec<CaseSummary> = servers
+                .iter()
+                .map(|label| case(results, index, label).unwrap_or_default())
+                .collect();
+            let mut row = vec![format!("`{}`", plan.groups[index].workload.id())];
+            row.extend(
+                cases
                     .iter()
-                    .position(|t| t.label() == label)
-                    .map(|target| results.summarize(index, target))
-                    .unwrap_or_default()
-            };
-            let (fe, qsd) = (case("fuse-export"), case("qsd"));
-            let cpu = |c: &CaseSummary| match (c.cpu_us_per_io, c.cpu_ms_per_gib) {
-                (Some(us), _) => format!("{:.1} µs/io", us.median),
-                (None, Some(ms)) => format!("{:.0} ms/GiB", ms.median),
-                _ => "—".into(),
-            };
-            let rss = |c: &CaseSummary| match (c.idle_rss_kib, c.peak_rss_kib) {
-                (Some(idle), Some(peak)) => format!("{} / {}", mib(idle.median), mib(peak.median)),
-                _ => "—".into(),
-            };
-            let threads = |c: &CaseSummary| match (c.idle_threads, c.max_threads) {
-                (Some(idle), Some(max)) => format!("{:.0} → {:.0}", idle.median, max.median),
-                _ => "—".into(),
-            };
-            let _ = writeln!(
-                md,
-                "| `{}` | {} | {} | {} | {} | {} / {} |",
-                group.workload.id(),
-                cpu(&fe),
-                cpu(&qsd),
-                rss(&fe),
-                rss(&qsd),
-                threads(&fe),
-                threads(&qsd)
+                    .map(|c| match (c.cpu_us_per_io, c.cpu_ms_per_gib) {
+                        (Some(us), _) => format!("{:.1} µs/io", us.median),
+                        (None, Some(ms)) => format!("{:.0} ms/GiB", ms.median),
+                        _ => "—".into(),
+                    }),
             );
-        }
+            row.extend(
+                cases
+                    .iter()
+                    .map(|c| match (c.idle_rss_kib, c.peak_rss_kib) {
+                        (Some(idle), Some(peak)) => {
+                            format!("{} / {}", mib(idle.median), mib(peak.median))
+                        }
+                        _ => "—".into(),
+                    }),
+            );
+            let threads: Vec<String> = cases
+                .iter()
+                .map(|c| match (c.idle_threads, c.max_threads) {
+                    (Some(idle), Some(max)) => format!("{:.0} → {:.0}", idle.median, max.median),
+                    _ => "—".into(),
+                })
+                .collect();
+            row.push(threads.join(" / "));
+            row
+        });
+        table(&mut md, header, rows);
     }
 
-    let mut knob_names: Vec<&str> = plan
-        .groups
+    let swept: Vec<(&Knob, Vec<usize>)> = KNOBS
         .iter()
-        .filter_map(|g| g.name.strip_prefix("knob-"))
+        .map(|knob| (*knob, groups_named(results, &format!("knob-{}", knob.name))))
+        .filter(|(_, groups)| !groups.is_empty())
         .collect();
-    knob_names.dedup();
-    if !knob_names.is_empty() {
+    if !swept.is_empty() {
         md.push_str(
             "\n## Knobs\n\nEach cell: ratio to plain · absolute value · peak RSS of the server.\n",
         );
     }
-    for name in knob_names {
-        let about = KNOBS
-            .iter()
-            .find(|k| k.name == name)
-            .map_or("", |k| k.about);
-        let _ = writeln!(md, "\n### {name}\n\n{about}.\n");
-        let groups: Vec<usize> = plan
-            .groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.name == format!("knob-{name}"))
-            .map(|(i, _)| i)
-            .collect();
-        let Some(&first) = groups.first() else {
-            continue;
-        };
-        let labels: Vec<String> = plan.groups[first]
-            .targets
-            .iter()
-            .map(Target::label)
-            .collect();
-        let _ = writeln!(md, "| workload | {} |", labels.join(" | "));
-        let _ = writeln!(md, "| --- |{}", " --- |".repeat(labels.len()));
-        for index in groups {
-            let group = &plan.groups[index];
-            let metric = group.workload.metric();
-            let cells: Vec<String> = group
-                .targets
-                .iter()
-                .enumerate()
-                .map(|(target, t)| {
-                    let case = results.summarize(index, target);
-                    let mut cell = ratio_cell(metric, &case, *t == Target::Plain);
-                    if let Some(rss) = case.peak_rss_kib {
-                        let _ = write!(cell, " · {}", mib(rss.median));
-                    }
-                    cell
-                })
-                .collect();
-            let _ = writeln!(
-                md,
-                "| `{}` {} | {} |",
-                group.workload.id(),
-                group.workload.describe(),
-                cells.join(" | ")
-            );
-        }
+    for (knob, groups) in swept {
+        let _ = writeln!(md, "\n### {}\n\n{}.\n", knob.name, knob.about);
+        let labels = labels_of(results, &groups);
+        let header = [strings(["workload"]), labels.clone()].concat();
+        let rows = groups.into_iter().map(|index| {
+            let workload = &plan.groups[index].workload;
+            let mut row = vec![workload_cell(workload)];
+            row.extend(labels.iter().map(|label| {
+                let Some(case) = case(results, index, label) else {
+                    return "not in plan".into();
+                };
+                let mut cell = ratio_cell(workload.metric(), &case, label == "plain");
+                if let Some(rss) = case.peak_rss_kib {
+                    let _ = write!(cell, " · {}", mib(rss.median));
+                }
+                cell
+            }));
+            row
+        });
+        table(&mut md, header, rows);
     }
 
     if !plan.alloc_probes.is_empty() {
         md.push_str(
             "\n## Allocations per request\n\n\
              fuse-export built with `--features alloc-count` (a counting global allocator \
-             that logs `allocations: N total` at exit), default lab options. Each fio job \
+             that logs `allocations: N total` at exit). Each fio job \
              runs twice in fresh servers, short and long; start-up, INIT and pool warm-up \
              are the same in both runs, so (long − short allocations) ÷ (long − short \
              FUSE requests) is the steady-state cost per request. Requests come from the \
-             server's own `QueueReport` counters.\n\n\
-             | workload | short run: allocations / requests | long run: allocations / requests | \
-             steady state per request | all allocations per request (long run) |\n\
-             | --- | --- | --- | --- | --- |\n",
+             server's own `QueueReport` counters.\n\n",
         );
-        for record in &results.allocs {
-            let probe = &plan.alloc_probes[record.probe];
-            let id = Workload::Fio(probe.job).id();
+        let header = strings([
+            "workload",
+            "short run: allocations / requests",
+            "long run: allocations / requests",
+            "steady state per request",
+            "all allocations per request (long run)",
+        ]);
+        let per_request = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
+        let rows = results.allocs.iter().map(|record| {
+            let id = format!("`{}`", probe_name(&plan.alloc_probes[record.probe]));
             match &record.outcome {
-                Ok(c) => {
-                    let _ = writeln!(
-                        md,
-                        "| `{id}` | {} / {} | {} / {} | {} | {} |",
-                        c.short_allocations,
-                        c.short_requests,
-                        c.long_allocations,
-                        c.long_requests,
-                        c.steady_state_per_request()
-                            .map_or("n/a".into(), |v| format!("{v:.4}")),
-                        c.total_per_request()
-                            .map_or("n/a".into(), |v| format!("{v:.4}")),
-                    );
-                }
+                Ok(c) => vec![
+                    id,
+                    format!("{} / {}", c.short_allocations, c.short_requests),
+                    format!("{} / {}", c.long_allocations, c.long_requests),
+                    per_request(c.steady_state_per_request()),
+                    per_request(c.total_per_request()),
+                ],
                 Err(reason) => {
-                    let _ = writeln!(
-                        md,
-                        "| `{id}` | not measured: {} | | | |",
-                        reason.replace('|', "/")
-                    );
+                    let mut row = vec![id, format!("not measured: {reason}")];
+                    row.resize(5, String::new());
+                    row
                 }
             }
-        }
+        });
+        table(&mut md, header, rows);
     }
 
     let mut problems = Vec::new();
@@ -794,9 +675,11 @@ pub fn summary_markdown(results: &LabResults, plots: &[(String, String)]) -> Str
     }
 
     if !plots.is_empty() {
-        md.push_str("\n## Plots\n\n");
-        for (file, title) in plots {
-            let _ = writeln!(md, "![{title}]({file})\n");
+        md.push_str(
+            "\n## Plots\n\nLines join the medians; bars show the min–max of the repetitions.\n\n",
+        );
+        for plot in plots {
+            let _ = writeln!(md, "![{}]({})\n", plot.title, plot.file);
         }
     }
     md.push_str(
@@ -809,8 +692,8 @@ pub fn summary_markdown(results: &LabResults, plots: &[(String, String)]) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::plan::{Mode, Plan, ServerCapabilities, Settings};
-    use crate::lab::results::{AllocCounts, AllocRecord, RunContext, RunRecord, ServerUsage};
+    use crate::lab::plan::{Plan, ServerCapabilities, Settings, Target};
+    use crate::lab::results::{AllocRecord, RunContext, RunRecord, ServerUsage};
     use crate::lab::workload::Measurement;
 
     /// A quick plan where plain does 100 units, fuse-export 90, and qsd fails.
@@ -818,40 +701,39 @@ mod tests {
         let plan = Plan::build(
             &Settings::for_mode(Mode::Quick),
             &ServerCapabilities::default(),
+            &[ServerOptions::default()],
         );
         let mut records = Vec::new();
         for (g, group) in plan.groups.iter().enumerate() {
             for (t, target) in group.targets.iter().enumerate() {
+                let is_plain = *target == Target::Plain;
+                let scale = if is_plain { 1.0 } else { 0.9 };
+                let seconds = match (group.workload.metric(), is_plain) {
+                    (Metric::Seconds, true) => 1.0,
+                    (Metric::Seconds, false) => 1.2,
+                    _ => 2.0,
+                };
                 let outcome = match target {
-                    Target::Qsd => Outcome::Failed("qsd broke".into()),
-                    _ => {
-                        let is_plain = *target == Target::Plain;
-                        let scale = if is_plain { 1.0 } else { 0.9 };
-                        let seconds = if group.workload.metric() == Metric::Seconds {
-                            if is_plain { 1.0 } else { 1.2 }
-                        } else {
-                            2.0
-                        };
-                        Outcome::Measured {
-                            measurement: Measurement {
-                                seconds,
-                                bytes: (200.0 * 1048576.0 * scale) as u64,
-                                ios: Some(1000),
-                                iops: Some(100_000.0 * scale),
-                                lat_p50_us: Some(100.0),
-                                lat_p99_us: Some(300.0),
-                            },
-                            server: (!is_plain).then_some(ServerUsage {
-                                cpu_seconds: 0.5,
-                                idle_rss_kib: 3000,
-                                peak_rss_kib: 9000,
-                                idle_threads: 4,
-                                max_threads: 8,
-                                requests: Some(1000),
-                                spilled: Some(0),
-                            }),
-                        }
-                    }
+                    Target::Qsd => Outcome::Failed("qsd broke | badly".into()),
+                    _ => Outcome::Measured {
+                        measurement: Measurement {
+                            seconds,
+                            bytes: (200.0 * 1048576.0 * scale) as u64,
+                            ios: Some(1000),
+                            iops: Some(100_000.0 * scale),
+                            lat_p50_us: Some(100.0),
+                            lat_p99_us: Some(300.0),
+                        },
+                        server: (!is_plain).then_some(ServerUsage {
+                            cpu_seconds: 0.5,
+                            idle_rss_kib: 3000,
+                            peak_rss_kib: 9000,
+                            idle_threads: 4,
+                            max_threads: 8,
+                            requests: Some(1000),
+                            spilled: Some(0),
+                        }),
+                    },
                 };
                 records.push(RunRecord {
                     group: g,
@@ -887,48 +769,99 @@ mod tests {
     #[test]
     fn summary_reports_goals_ratios_and_failures() {
         let results = fake_results();
-        let md = summary_markdown(&results, &[("iops-randread.svg".into(), "IOPS".into())]);
-        assert!(
-            md.contains("| qemu-img convert -t none ≤ 1.3× plain time | 1.20× |"),
-            "{md}"
-        );
-        assert!(md.contains("**0.90×**"), "{md}");
-        assert!(md.contains("failed: qsd broke"), "{md}");
-        assert!(
-            md.contains("idle RSS ≤ 8 MiB with 2 queues | 2.9 MiB"),
-            "{md}"
-        );
-        assert!(
-            md.contains("zero allocations per request in steady state | worst 0.0000"),
-            "{md}"
-        );
-        assert!(md.contains("not measured: no alloc-count feature"), "{md}");
-        assert!(
-            md.contains("knob spill_tiers: not swept in --quick"),
-            "{md}"
-        );
-        assert!(md.contains("![IOPS](iops-randread.svg)"), "{md}");
+        let md = summary_markdown(&results, &plot::plots(&results));
+        for wanted in [
+            "| goal | fuse-export | qsd | status |\n| --- | --- | --- | --- |\n",
+            "| qemu-img convert -t none ≤ 1.3× plain time | 1.20× | failed: qsd broke / badly | met |",
+            "| 4k randwrite QD32 (io_uring) ≥ 0.85× plain IOPS | 0.90× |",
+            "| 1M sequential read (fio QD16) ≥ 0.95× plain | 0.90× | failed: qsd broke / badly | **not met** |",
+            "idle RSS ≤ 8 MiB with 2 queues | 2.9 MiB (2.9–2.9) | — | met |",
+            "zero allocations per request in steady state | worst 0.0000/request (0 extra \
+             allocations over 2000 extra requests) | — | met |",
+            "| workload | plain | fuse-export | qsd |",
+            "| `ext4-fio-randread-4k-qd32-io_uring` fio randread bs=4k iodepth=32 io_uring \
+             direct=1, 2 s on a 128 MiB file in ext4 on a direct-I/O loop device | 100.0k IOPS \
+             | **0.90×** · 90.0k IOPS |",
+            "| `fio-randread-4k-qd1-io_uring` | 100 / 300 | 100 / 300 | — |",
+            "| workload | fuse-export CPU | qsd CPU | fuse-export RSS idle / peak | qsd RSS idle \
+             / peak | threads idle → max, fuse-export / qsd |",
+            "| `dd-read-1M` | 500.0 µs/io | — | 2.9 MiB / 8.8 MiB | — | 4 → 8 / — |",
+            "### queues",
+            "| workload | plain | fuse-export[queues=1] | fuse-export |",
+            "| `fio-randwrite-4k-qd32-io_uring` | 500 / 1000 | 500 / 3000 | 0.0000 | 0.1667 |",
+            "| `fio-write-1M-qd16-io_uring` | not measured: no alloc-count feature |  |  |  |",
+            "- knob spill_tiers: not swept in --quick",
+            "- `matrix/convert-cache/qsd`: failed: qsd broke | badly",
+            "![4k random read, O_DIRECT, io_uring](iops-randread.svg)",
+        ] {
+            assert!(md.contains(wanted), "missing {wanted:?} in\n{md}");
+        }
     }
 
     #[test]
-    fn csv_has_one_row_per_run_and_quotes_fields() {
-        let results = fake_results();
-        let csv = results_csv(&results);
-        let header_fields = csv.lines().next().unwrap().split(',').count();
-        assert_eq!(csv.lines().count(), results.records.len() + 1);
-        for line in csv.lines().filter(|l| !l.contains('"')) {
-            assert_eq!(line.split(',').count(), header_fields, "{line}");
+    fn goals_judge_every_fuse_export_variant() {
+        let mut results = fake_results();
+        let uring = ServerOptions::default().with(&crate::lab::plan::TRANSPORT, "uring");
+        for group in &mut results.plan.groups {
+            group.targets.push(Target::FuseExport(uring.clone()));
         }
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert!(allocations_csv(&results).contains("failed,no alloc-count feature"));
+        let md = summary_markdown(&results, &[]);
+        assert!(
+            md.contains("| goal | fuse-export | qsd | fuse-export[transport=uring] | status |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 1.20× | failed: qsd broke / badly | — | fuse-export: met; \
+                 fuse-export[transport=uring]: not measured: no ratio (see below) |"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn csv_has_a_row_per_run_with_every_column() {
+        let results = fake_results();
+        let csv = results_csv(&results).unwrap();
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header.len(), 25);
+        assert_eq!(header[..3], ["group", "workload", "target"]);
+        assert_eq!(header[24], "spilled_writes");
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), results.records.len());
+        let failed = rows.iter().find(|r| &r[4] == "failed").unwrap();
+        assert_eq!(&failed[5], "qsd broke | badly");
+        let measured = rows
+            .iter()
+            .find(|r| &r[2] == "fuse-export" && &r[6] == "IOPS")
+            .unwrap();
+        assert_eq!(&measured[8], "0.9");
+
+        let allocations = allocations_csv(&results).unwrap();
+        let mut lines = allocations.lines();
+        assert_eq!(
+            lines.next(),
+            Some(
+                "workload,status,problem,short_allocations,short_requests,\
+                 long_allocations,long_requests,steady_state_per_request,total_per_request"
+            )
+        );
+        assert_eq!(
+            lines.next(),
+            Some("fio-randwrite-4k-qd32-io_uring,ok,,500,1000,500,3000,0.0,0.167")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("fio-write-1M-qd16-io_uring,failed,no alloc-count feature,,,,,,")
+        );
     }
 
     #[test]
     fn plots_have_a_line_per_target() {
         let results = fake_results();
-        let plots = plots(&results);
-        let names: Vec<&str> = plots.iter().map(|(n, _)| n.as_str()).collect();
+        let plots = plot::plots(&results);
+        let names: Vec<&str> = plots.iter().map(|p| p.file.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -939,9 +872,9 @@ mod tests {
             ]
         );
         // qsd failed everywhere, so only plain and fuse-export have lines.
-        let labels: Vec<&str> = plots[2].1.series.iter().map(|s| s.label.as_str()).collect();
+        let labels: Vec<&str> = plots[2].series.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["plain", "fuse-export"]);
-        assert_eq!(plots[2].1.series[0].points.len(), 2);
+        assert_eq!(plots[2].series[0].points.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What a lab run produced, before it is turned into files.
 
-use super::plan::{Group, Metric, Plan, Target};
+use super::plan::{Group, Plan, Target};
 use super::stats::Summary;
 use super::workload::Measurement;
 
@@ -85,6 +85,16 @@ pub struct RunRecord {
     pub outcome: Outcome,
 }
 
+impl RunRecord {
+    /// This record's primary metric ÷ `baseline`'s, if both were measured.
+    pub fn ratio_to(&self, baseline: &RunRecord, group: &Group) -> Option<f64> {
+        let metric = group.workload.metric();
+        let value = self.outcome.measurement()?.value(metric)?;
+        let base = baseline.outcome.measurement()?.value(metric)?;
+        (base > 0.0).then(|| value / base)
+    }
+}
+
 /// Allocation counts of the short and the long run of one probe.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AllocCounts {
@@ -163,30 +173,18 @@ impl LabResults {
             .filter(move |r| r.group == group && r.target == target)
     }
 
-    /// The plain target's record of `group` in `repetition`.
-    pub fn baseline(&self, group: usize, repetition: u32) -> Option<&RunRecord> {
-        let plain = self.plan.groups[group]
-            .targets
-            .iter()
-            .position(|t| *t == Target::Plain)?;
-        self.records_of(group, plain)
-            .find(|r| r.repetition == repetition)
-    }
-
     /// target ÷ plain of the primary metric for one record, if both measured.
     pub fn ratio(&self, record: &RunRecord) -> Option<f64> {
-        let metric = self.plan.groups[record.group].workload.metric();
-        let value = record.outcome.measurement()?.value(metric)?;
-        let base = self
-            .baseline(record.group, record.repetition)?
-            .outcome
-            .measurement()?
-            .value(metric)?;
-        (base > 0.0).then(|| value / base)
+        let group = &self.plan.groups[record.group];
+        let plain = group.targets.iter().position(|t| *t == Target::Plain)?;
+        let baseline = self
+            .records_of(record.group, plain)
+            .find(|r| r.repetition == record.repetition)?;
+        record.ratio_to(baseline, group)
     }
 
     pub fn summarize(&self, group: usize, target: usize) -> CaseSummary {
-        let metric: Metric = self.plan.groups[group].workload.metric();
+        let metric = self.plan.groups[group].workload.metric();
         let records: Vec<&RunRecord> = self.records_of(group, target).collect();
         let measured: Vec<(&Measurement, Option<&ServerUsage>)> = records
             .iter()

@@ -2,19 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use super::host;
-use super::plan::{AllocProbe, Duration, Group, Plan, ServerOptions, Target, Workload};
+use super::plan::{AllocProbe, Duration, Group, Plan, Target, Workload};
+use super::report::compact;
 use super::results::{AllocCounts, AllocRecord, Outcome, RunRecord, ServerUsage};
 use super::target::{self, ServerProcess, ThreadSampler};
 use super::workload::{self, ClientFiles, Measurement};
-
-/// `RUST_LOG` for fuse-export: its per-queue report at exit is a debug line
-/// of the binary crate; the libraries stay at info so logging costs nothing
-/// per request.
-const SERVER_LOG_FILTER: &str = "info,fuse_export=debug";
 
 /// Machine resources a run uses.
 #[derive(Debug)]
@@ -38,12 +33,9 @@ pub struct Workspace {
 pub struct Runner<'a> {
     plan: &'a Plan,
     workspace: &'a Workspace,
-    ticks_per_sec: f64,
     started: Instant,
     done: usize,
-    total: usize,
     estimated_done: f64,
-    estimated_total: f64,
 }
 
 impl<'a> Runner<'a> {
@@ -51,12 +43,9 @@ impl<'a> Runner<'a> {
         Runner {
             plan,
             workspace,
-            ticks_per_sec: host::clock_ticks_per_sec(),
             started: Instant::now(),
             done: 0,
-            total: plan.run_count(),
             estimated_done: 0.0,
-            estimated_total: plan.estimate_secs(),
         }
     }
 
@@ -64,7 +53,7 @@ impl<'a> Runner<'a> {
     /// ...), the target order rotated per repetition so no target always
     /// runs right after the same neighbour. Stops early on Ctrl-C.
     pub fn run_groups(&mut self) -> Vec<RunRecord> {
-        let mut records = Vec::new();
+        let mut records: Vec<RunRecord> = Vec::new();
         for (group_index, group) in self.plan.groups.iter().enumerate() {
             for repetition in 0..self.plan.settings.repetitions {
                 let count = group.targets.len();
@@ -74,16 +63,32 @@ impl<'a> Runner<'a> {
                     }
                     let target_index = (offset + repetition as usize) % count;
                     let target = &group.targets[target_index];
-                    let outcome = self.run_case(group, target, repetition);
                     let record = RunRecord {
                         group: group_index,
                         target: target_index,
                         repetition,
-                        outcome,
+                        outcome: self.run_case(group, target, repetition),
                     };
-                    let ratio = baseline_ratio(self.plan, &records, &record);
+                    let baseline = records.iter().find(|r| {
+                        r.group == group_index
+                            && r.repetition == repetition
+                            && group.targets[r.target] == Target::Plain
+                    });
+                    let ratio = baseline.and_then(|base| record.ratio_to(base, group));
                     self.estimated_done += self.plan.run_estimate_secs(group, target);
-                    self.progress(&group.case_id(target), repetition, &record.outcome, ratio);
+                    let detail = match &record.outcome {
+                        Outcome::Measured {
+                            measurement,
+                            server,
+                        } => describe_measurement(measurement, server.as_ref(), ratio),
+                        other => other.problem().unwrap_or_default(),
+                    };
+                    let case = group.case_id(target);
+                    let reps = self.plan.settings.repetitions;
+                    self.progress(
+                        1,
+                        &format!("{case} rep {}/{reps}: {detail}", repetition + 1),
+                    );
                     records.push(record);
                 }
             }
@@ -91,56 +96,40 @@ impl<'a> Runner<'a> {
         records
     }
 
-    fn progress(&mut self, case: &str, repetition: u32, outcome: &Outcome, ratio: Option<f64>) {
-        self.done += 1;
+    /// One progress line, with the plan's estimate of what is left scaled
+    /// by how fast the runs so far went.
+    fn progress(&mut self, runs: usize, line: &str) {
+        self.done += runs;
         let elapsed = self.started.elapsed().as_secs_f64();
-        // Scale the plan's estimate by how fast the runs so far went.
         let speed = if self.estimated_done > 0.0 {
             elapsed / self.estimated_done
         } else {
             1.0
         };
-        let remaining = (self.estimated_total - self.estimated_done).max(0.0) * speed;
-        let width = self.total.to_string().len();
-        let detail = match outcome {
-            Outcome::Measured {
-                measurement,
-                server,
-            } => describe_measurement(measurement, server.as_ref(), ratio),
-            other => other.problem().unwrap_or_default(),
-        };
+        let remaining = (self.plan.estimate_secs() - self.estimated_done).max(0.0) * speed;
+        let total = self.plan.run_count();
+        let width = total.to_string().len();
         println!(
-            "[{:>width$}/{}] {case} rep {}/{}: {detail}  (eta {})",
+            "[{:>width$}/{total}] {line}  (eta {})",
             self.done,
-            self.total,
-            repetition + 1,
-            self.plan.settings.repetitions,
-            Duration(remaining),
+            Duration(remaining)
         );
     }
 
     /// Why `target` cannot run `workload` here, if it cannot.
     fn unavailable(&self, workload: &Workload, target: &Target) -> Option<String> {
-        if let Some(reason) = self.workspace.missing.get(workload.tool()) {
-            return Some(reason.clone());
-        }
-        match target {
-            Target::Plain => None,
-            Target::FuseExport(_) => self
-                .workspace
-                .fuse_device
-                .as_ref()
-                .err()
-                .or(self.workspace.server.as_ref().err())
-                .cloned(),
-            Target::Qsd => self
-                .workspace
-                .fuse_device
-                .as_ref()
-                .err()
-                .cloned()
-                .or_else(|| self.workspace.missing.get("qemu-storage-daemon").cloned()),
-        }
+        let ws = self.workspace;
+        let missing = |tool| ws.missing.get(tool).cloned();
+        let fuse = || ws.fuse_device.clone().err();
+        workload
+            .tools()
+            .iter()
+            .find_map(&missing)
+            .or_else(|| match target {
+                Target::Plain => None,
+                Target::FuseExport(_) => fuse().or(ws.server.clone().err()),
+                Target::Qsd => fuse().or_else(|| missing(&"qemu-storage-daemon")),
+            })
     }
 
     fn run_case(&self, group: &Group, target: &Target, repetition: u32) -> Outcome {
@@ -164,8 +153,9 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Starts the target, runs the workload, stops the target. `binary`
-    /// overrides the fuse-export binary (the alloc-count build).
+    /// Starts the target, sets the workload up, runs it, takes it down and
+    /// stops the target. `binary` overrides the fuse-export binary (the
+    /// alloc-count build).
     fn measure(
         &self,
         workload: &Workload,
@@ -174,65 +164,66 @@ impl<'a> Runner<'a> {
         binary: Option<&Path>,
     ) -> Result<(Measurement, Option<ServerUsage>, String), String> {
         let ws = self.workspace;
-        host::drop_caches()?;
         let client = ClientFiles {
             log: ws.logs.join(format!("{stem}.client.log")),
             fio_report: ws.logs.join(format!("{stem}.fio.json")),
             ..ws.client.clone()
         };
         let server_log = ws.logs.join(format!("{stem}.server.log"));
-        let server = match target {
+        let (name, command, owns_mountpoint) = match target {
             Target::Plain => {
-                let measurement = workload::run(workload, &ws.image, ws.image_size, &client)?;
-                return Ok((measurement, None, String::new()));
+                let prepared = workload::prepare(workload, &ws.image, ws.image_size, client)?;
+                host::drop_caches()?;
+                return Ok((prepared.run()?, None, String::new()));
             }
             Target::FuseExport(options) => {
                 let binary = match binary {
                     Some(binary) => binary,
                     None => ws.server.as_deref().map_err(Clone::clone)?,
                 };
-                ServerProcess::start(
-                    "fuse-export",
-                    fuse_export_command(binary, &ws.image, &ws.mountpoint, options),
-                    &ws.mountpoint,
-                    ws.image_size,
-                    &server_log,
-                    false,
-                )?
+                let command =
+                    target::fuse_export_command(binary, &ws.image, &ws.mountpoint, options);
+                ("fuse-export", command, false)
             }
-            Target::Qsd => ServerProcess::start(
+            Target::Qsd => (
                 "qemu-storage-daemon",
-                qsd_command(&ws.image, &ws.mountpoint),
-                &ws.mountpoint,
-                ws.image_size,
-                &server_log,
+                target::qsd_command(&ws.image, &ws.mountpoint),
                 true,
-            )?,
+            ),
         };
+        let server = ServerProcess::start(
+            name,
+            command,
+            &ws.mountpoint,
+            ws.image_size,
+            &server_log,
+            owns_mountpoint,
+        )?;
         let pid = server.pid();
-        let idle_rss_kib = host::status_field(pid, "VmRSS").unwrap_or(0);
-        let idle_threads = host::status_field(pid, "Threads").unwrap_or(0);
-        let cpu_before = host::cpu_seconds(pid, self.ticks_per_sec);
+        let idle = host::status(pid);
+        // Declared after the server, so dropped (unmounted, detached)
+        // before it, on errors too.
+        let prepared = workload::prepare(workload, &ws.mountpoint, ws.image_size, client)?;
+        host::drop_caches()?;
+        let cpu_before = host::cpu_seconds(pid);
         let sampler = ThreadSampler::start(pid);
-        let result = workload::run(workload, &ws.mountpoint, ws.image_size, &client);
+        let result = prepared.run();
         let max_threads = sampler.finish();
-        let cpu_after = host::cpu_seconds(pid, self.ticks_per_sec);
-        let peak_rss_kib = host::status_field(pid, "VmHWM").unwrap_or(0);
+        let cpu_after = host::cpu_seconds(pid);
+        let peak_rss_kib = host::status(pid).and_then(|s| s.vmhwm).unwrap_or(0);
+        drop(prepared);
         let stopped = server.stop();
         let measurement = result?;
         let log = stopped.map_err(|err| format!("server: {err}"))?;
-        let (requests, spilled) = match target::queue_totals(&log) {
-            Some((requests, spilled)) => (Some(requests), Some(spilled)),
-            None => (None, None),
-        };
+        let (requests, spilled) = target::queue_totals(&log).unzip();
         let usage = ServerUsage {
             cpu_seconds: match (cpu_before, cpu_after) {
                 (Some(before), Some(after)) => after - before,
                 _ => f64::NAN,
             },
-            idle_rss_kib,
+            idle_rss_kib: idle.as_ref().and_then(|s| s.vmrss).unwrap_or(0),
             peak_rss_kib,
-            idle_threads,
+            idle_threads: idle.map_or(0, |s| s.threads),
             max_threads,
             requests,
             spilled,
@@ -241,7 +232,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Runs each allocation probe twice (short, long) on the alloc-count
-    /// build with the lab's default options.
+    /// build.
     pub fn run_alloc_probes(&mut self) -> Vec<AllocRecord> {
         let mut records = Vec::new();
         for (index, probe) in self.plan.alloc_probes.iter().enumerate() {
@@ -262,14 +253,8 @@ impl<'a> Runner<'a> {
                 ),
                 Err(reason) => format!("failed: {reason}"),
             };
-            self.done += 2;
-            println!(
-                "[{:>w$}/{}] {}: {detail}",
-                self.done,
-                self.total,
-                probe.case_id(),
-                w = self.total.to_string().len()
-            );
+            self.estimated_done += f64::from(probe.short_secs + probe.long_secs);
+            self.progress(2, &format!("{}: {detail}", probe.case_id()));
             records.push(AllocRecord {
                 probe: index,
                 outcome,
@@ -284,23 +269,17 @@ impl<'a> Runner<'a> {
             .alloc_server
             .as_deref()
             .map_err(Clone::clone)?;
-        if let Some(reason) = self.unavailable(
-            &Workload::Fio(probe.job),
-            &Target::FuseExport(ServerOptions::default()),
-        ) {
+        let target = Target::FuseExport(probe.options.clone());
+        if let Some(reason) = self.unavailable(&Workload::Fio(probe.job), &target) {
             return Err(reason);
         }
         let mut counts = [(0, 0); 2];
         for (slot, secs) in [probe.short_secs, probe.long_secs].into_iter().enumerate() {
             let mut job = probe.job;
             job.runtime_secs = secs;
-            let stem = format!("alloc-{}-{secs}s", Workload::Fio(job).id());
-            let (_, usage, log) = self.measure(
-                &Workload::Fio(job),
-                &Target::FuseExport(ServerOptions::default()),
-                &stem,
-                Some(binary),
-            )?;
+            let stem = format!("{}-{secs}s", probe.case_id()).replace(['/', '[', ']', '='], "_");
+            let (_, usage, log) =
+                self.measure(&Workload::Fio(job), &target, &stem, Some(binary))?;
             let allocations = target::allocations(&log)
                 .ok_or("the alloc-count build logged no `allocations:` line at exit")?;
             let requests = usage
@@ -317,83 +296,16 @@ impl<'a> Runner<'a> {
     }
 }
 
-fn fuse_export_command(
-    binary: &Path,
-    image: &Path,
-    mountpoint: &Path,
-    options: &ServerOptions,
-) -> Command {
-    let mut command = Command::new(binary);
-    command
-        .arg("--image")
-        .arg(image)
-        .arg("--mount")
-        .arg(mountpoint)
-        .args(options.args())
-        .env("RUST_LOG", SERVER_LOG_FILTER);
-    command
-}
-
-/// The peer, configured as the issue asks: writable, io_uring, O_DIRECT.
-fn qsd_command(image: &Path, mountpoint: &Path) -> Command {
-    let mut command = Command::new("qemu-storage-daemon");
-    command
-        .arg("--blockdev")
-        .arg(format!(
-            "node-name=file0,driver=file,filename={},aio=io_uring,cache.direct=on",
-            image.display()
-        ))
-        .args([
-            "--blockdev",
-            "node-name=fmt0,driver=raw,file=file0",
-            "--export",
-        ])
-        .arg(format!(
-            "type=fuse,id=exp0,node-name=fmt0,mountpoint={},writable=on",
-            mountpoint.display()
-        ));
-    command
-}
-
-/// The ratio to plain of a record whose baseline already ran.
-fn baseline_ratio(plan: &Plan, earlier: &[RunRecord], record: &RunRecord) -> Option<f64> {
-    let group = &plan.groups[record.group];
-    if group.targets[record.target] == Target::Plain {
-        return None;
-    }
-    let metric = group.workload.metric();
-    let value = record.outcome.measurement()?.value(metric)?;
-    let base = earlier
-        .iter()
-        .find(|r| {
-            r.group == record.group
-                && r.repetition == record.repetition
-                && group.targets[r.target] == Target::Plain
-        })?
-        .outcome
-        .measurement()?
-        .value(metric)?;
-    (base > 0.0).then(|| value / base)
-}
-
 fn describe_measurement(
     measurement: &Measurement,
     server: Option<&ServerUsage>,
     ratio: Option<f64>,
 ) -> String {
-    let mut parts = Vec::new();
-    match measurement.iops {
-        Some(iops) => parts.push(format!(
-            "{} IOPS, {:.0} MiB/s",
-            super::report::compact(iops),
-            measurement.mib_per_sec()
-        )),
-        None => parts.push(format!(
-            "{:.2} s, {:.0} MiB/s",
-            measurement.seconds,
-            measurement.mib_per_sec()
-        )),
-    }
+    let mib_per_sec = measurement.mib_per_sec();
+    let mut parts = vec![match measurement.iops {
+        Some(iops) => format!("{} IOPS, {mib_per_sec:.0} MiB/s", compact(iops)),
+        None => format!("{:.2} s, {mib_per_sec:.0} MiB/s", measurement.seconds),
+    }];
     if let Some(ratio) = ratio {
         parts.push(format!("{ratio:.2}× plain"));
     }
@@ -401,13 +313,10 @@ fn describe_measurement(
         parts.push(format!("p99 {p99:.0} µs"));
     }
     if let Some(server) = server {
-        match server.cpu_us_per_io(measurement) {
-            Some(us) => parts.push(format!("cpu {us:.1} µs/io")),
-            None => {
-                if let Some(ms) = server.cpu_ms_per_gib(measurement) {
-                    parts.push(format!("cpu {ms:.0} ms/GiB"));
-                }
-            }
+        if let Some(us) = server.cpu_us_per_io(measurement) {
+            parts.push(format!("cpu {us:.1} µs/io"));
+        } else if let Some(ms) = server.cpu_ms_per_gib(measurement) {
+            parts.push(format!("cpu {ms:.0} ms/GiB"));
         }
         parts.push(format!(
             "rss {:.1}/{:.1} MiB",

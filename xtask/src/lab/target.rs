@@ -12,13 +12,56 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use wait_timeout::ChildExt as _;
+
 use super::host;
+use super::plan::ServerOptions;
 
 /// How long a server may take to mount and show the image size.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a server may take to finish its requests and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// `RUST_LOG` for fuse-export: its per-queue report at exit is a debug line
+/// of the binary crate; the libraries stay at info so logging costs nothing
+/// per request.
+const SERVER_LOG_FILTER: &str = "info,fuse_export=debug";
+
+pub fn fuse_export_command(
+    binary: &Path,
+    image: &Path,
+    mountpoint: &Path,
+    options: &ServerOptions,
+) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("--image")
+        .arg(image)
+        .arg("--mount")
+        .arg(mountpoint)
+        .args(options.args())
+        .env("RUST_LOG", SERVER_LOG_FILTER);
+    command
+}
+
+/// The peer, configured as the issue asks: writable, io_uring, O_DIRECT.
+pub fn qsd_command(image: &Path, mountpoint: &Path) -> Command {
+    let mut command = Command::new("qemu-storage-daemon");
+    command
+        .arg("--blockdev")
+        .arg(format!(
+            "node-name=file0,driver=file,filename={},aio=io_uring,cache.direct=on",
+            image.display()
+        ))
+        .args(["--blockdev", "node-name=fmt0,driver=raw,file=file0"])
+        .arg("--export")
+        .arg(format!(
+            "type=fuse,id=exp0,node-name=fmt0,mountpoint={},writable=on",
+            mountpoint.display()
+        ));
+    command
+}
 
 /// A running export server.
 #[derive(Debug)]
@@ -55,8 +98,8 @@ impl ServerProcess {
             .map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
         let child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log_for_stdout))
-            .stderr(Stdio::from(log))
+            .stdout(log_for_stdout)
+            .stderr(log)
             .spawn()
             .map_err(|err| format!("cannot start {name}: {err}"))?;
         let mut server = ServerProcess {
@@ -118,70 +161,62 @@ impl ServerProcess {
 
     fn shutdown(&mut self) -> Result<(), String> {
         let mut problems = Vec::new();
-        if let Some(mut child) = self.child.take() {
-            match child.try_wait() {
-                Ok(Some(status)) => problems.push(format!(
-                    "{} had already exited ({status}): {}",
-                    self.name,
-                    last_lines(&self.log_path, 2)
-                )),
-                _ => {
-                    if let Err(err) = host::send_signal(self.pid, libc::SIGTERM) {
-                        problems.push(err);
-                    }
-                    let deadline = Instant::now() + STOP_TIMEOUT;
-                    let status = loop {
-                        match child.try_wait() {
-                            Ok(Some(status)) => break Some(status),
-                            Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
-                            _ => break None,
-                        }
-                    };
-                    match status {
-                        Some(status) if status.success() => {}
-                        Some(status) => problems.push(format!(
-                            "{} exited with {status} after SIGTERM: {}",
-                            self.name,
-                            last_lines(&self.log_path, 2)
-                        )),
-                        None => {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                            problems.push(format!(
-                                "{} did not exit within {} s of SIGTERM; killed",
-                                self.name,
-                                STOP_TIMEOUT.as_secs()
-                            ));
-                        }
-                    }
-                }
-            }
+        if let Some(child) = self.child.take() {
+            problems.extend(self.terminate(child));
         }
         if host::is_mounted(&self.mountpoint) {
-            match host::lazy_unmount(&self.mountpoint) {
-                Ok(()) => problems.push(format!(
+            problems.push(match host::lazy_unmount(&self.mountpoint) {
+                Ok(()) => format!(
                     "{} left {} mounted; detached it with umount -l",
                     self.name,
                     self.mountpoint.display()
-                )),
-                Err(err) => problems.push(err),
-            }
+                ),
+                Err(err) => err,
+            });
         }
-        if self.owns_mountpoint {
-            match fs::remove_file(&self.mountpoint) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => problems.push(format!(
-                    "cannot remove {}: {err}",
-                    self.mountpoint.display()
-                )),
-            }
-            self.owns_mountpoint = false;
+        if std::mem::take(&mut self.owns_mountpoint)
+            && let Err(err) = fs::remove_file(&self.mountpoint)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            problems.push(format!(
+                "cannot remove {}: {err}",
+                self.mountpoint.display()
+            ));
         }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems.join("; "))
+        }
+    }
+
+    /// SIGTERM and a clean exit within [`STOP_TIMEOUT`], else SIGKILL;
+    /// returns what went wrong.
+    fn terminate(&self, mut child: Child) -> Option<String> {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(format!(
+                "{} had already exited ({status}): {}",
+                self.name,
+                last_lines(&self.log_path, 2)
+            ));
+        }
+        let signalled = host::terminate(self.pid);
+        match child.wait_timeout(STOP_TIMEOUT) {
+            Ok(Some(status)) if status.success() => signalled.err(),
+            Ok(Some(status)) => Some(format!(
+                "{} exited with {status} after SIGTERM: {}",
+                self.name,
+                last_lines(&self.log_path, 2)
+            )),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Some(format!(
+                    "{} did not exit within {} s of SIGTERM; killed",
+                    self.name,
+                    STOP_TIMEOUT.as_secs()
+                ))
+            }
         }
     }
 }
@@ -211,14 +246,17 @@ pub fn last_lines(path: &Path, count: usize) -> String {
 /// Requests and spilled writes summed over the server's `QueueReport` debug
 /// lines, e.g. `QueueReport { index: 0, requests: 258, spilled: 0, .. }`.
 pub fn queue_totals(log: &str) -> Option<(u64, u64)> {
-    let mut found = false;
-    let (mut requests, mut spilled) = (0, 0);
-    for line in log.lines().filter(|line| line.contains("QueueReport {")) {
-        found = true;
-        requests += number_after(line, "requests: ").unwrap_or(0);
-        spilled += number_after(line, "spilled: ").unwrap_or(0);
-    }
-    found.then_some((requests, spilled))
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("QueueReport {"))
+        .collect();
+    let total = |key| -> u64 {
+        reports
+            .iter()
+            .filter_map(|line| number_after(line, key))
+            .sum()
+    };
+    (!reports.is_empty()).then(|| (total("requests: "), total("spilled: ")))
 }
 
 /// The count in the alloc-count build's exit line `allocations: N total, ...`.
@@ -230,8 +268,10 @@ pub fn allocations(log: &str) -> Option<u64> {
 
 fn number_after(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// Samples a process's thread count while a workload runs: io_uring
@@ -248,13 +288,14 @@ impl ThreadSampler {
     pub fn start(pid: u32) -> ThreadSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let threads = move || host::status(pid).map_or(0, |status| status.threads);
         let handle = thread::spawn(move || {
             let mut max = 0;
             while !flag.load(Ordering::Relaxed) {
-                max = max.max(host::status_field(pid, "Threads").unwrap_or(0));
+                max = max.max(threads());
                 thread::sleep(Self::INTERVAL);
             }
-            max.max(host::status_field(pid, "Threads").unwrap_or(0))
+            max.max(threads())
         });
         ThreadSampler { stop, handle }
     }

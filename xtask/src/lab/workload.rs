@@ -3,13 +3,13 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use super::host;
-use super::json::{self, Value};
-use super::plan::{FioJob, MIB, Metric, Pattern, Workload, size_short};
+use wait_timeout::ChildExt as _;
+
+use super::fio;
+use super::loop_fs::LoopFilesystem;
+use super::plan::{Direction, FioJob, MIB, Metric, Workload};
 use super::target::last_lines;
 
 /// What one client run achieved.
@@ -27,6 +27,17 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    fn copy(seconds: f64, bytes: u64) -> Measurement {
+        Measurement {
+            seconds,
+            bytes,
+            ios: None,
+            iops: None,
+            lat_p50_us: None,
+            lat_p99_us: None,
+        }
+    }
+
     pub fn mib_per_sec(&self) -> f64 {
         self.bytes as f64 / MIB as f64 / self.seconds
     }
@@ -48,268 +59,165 @@ pub struct ClientFiles {
     pub source: PathBuf,
     /// Where fio writes its JSON report.
     pub fio_report: PathBuf,
-    /// stdout and stderr of the client.
+    /// stdout and stderr of every client command of the run.
     pub log: PathBuf,
+    /// Where the ext4 workloads mount their filesystem.
+    pub ext4_dir: PathBuf,
 }
 
-/// Runs `workload` against `path` (a file of `size` bytes).
-pub fn run(
-    workload: &Workload,
-    path: &Path,
+/// A workload set up on its target, ready to be measured; for ext4 the
+/// filesystem is made and mounted and fio's file laid out, so that the run
+/// (and the server CPU charged to it) is the job alone.
+#[derive(Debug)]
+pub struct Prepared {
+    workload: Workload,
+    /// What the client opens: the target, or the fio file on ext4.
+    path: PathBuf,
     size: u64,
-    files: &ClientFiles,
-) -> Result<Measurement, String> {
-    match *workload {
-        Workload::Convert {
-            direct,
-            size: bytes,
-        } => {
-            // A raw driver with a size limit reads the first `bytes` of the
-            // source, so one source file serves every convert size.
-            let source = format!(
-                "driver=raw,size={bytes},file.driver=file,file.filename={}",
-                files.source.display()
-            );
-            let mut command = Command::new("qemu-img");
-            command.args(["convert", "-n", "--image-opts", &source, "-O", "raw"]);
-            if direct {
-                command.args(["-t", "none"]);
-            }
-            command.arg(path);
-            let seconds = run_command(command, timeout_for_copy(bytes), &files.log)?;
-            Ok(copy_measurement(seconds, bytes))
-        }
-        Workload::Dd {
-            direction,
-            size: bytes,
-        } => {
-            let count = (bytes / MIB).to_string();
-            let mut command = Command::new("dd");
-            match direction {
-                super::plan::Direction::Read => {
-                    command
-                        .arg(format!("if={}", path.display()))
-                        .args(["of=/dev/null", "iflag=direct"]);
+    files: ClientFiles,
+    /// Unmounted and detached when this is dropped.
+    _filesystem: Option<LoopFilesystem>,
+}
+
+/// Sets `workload` up on `target`, a file of `size` bytes.
+pub fn prepare(
+    workload: &Workload,
+    target: &Path,
+    size: u64,
+    files: ClientFiles,
+) -> Result<Prepared, String> {
+    let Workload::Ext4Fio { job, file_size } = workload else {
+        return Ok(Prepared {
+            workload: *workload,
+            path: target.to_path_buf(),
+            size,
+            files,
+            _filesystem: None,
+        });
+    };
+    let filesystem =
+        LoopFilesystem::create(target, &files.ext4_dir, &files.log, copy_timeout(size))?;
+    let path = files.ext4_dir.join("fio.data");
+    let mut layout = Command::new("fio");
+    layout
+        .args(fio::args(job, &path, *file_size, &files.fio_report))
+        .arg("--create_only=1");
+    run_command(layout, copy_timeout(*file_size), &files.log)?;
+    Ok(Prepared {
+        workload: *workload,
+        path,
+        size: *file_size,
+        files,
+        _filesystem: Some(filesystem),
+    })
+}
+
+impl Prepared {
+    pub fn run(&self) -> Result<Measurement, String> {
+        let (path, files) = (&self.path, &self.files);
+        match self.workload {
+            Workload::Convert { direct, size } => {
+                // A raw driver with a size limit reads the first `size` bytes
+                // of the source, so one source file serves every size.
+                let source = format!(
+                    "driver=raw,size={size},file.driver=file,file.filename={}",
+                    files.source.display()
+                );
+                let mut command = Command::new("qemu-img");
+                command.args(["convert", "-n", "--image-opts", &source, "-O", "raw"]);
+                if direct {
+                    command.args(["-t", "none"]);
                 }
-                super::plan::Direction::Write => {
-                    command
+                command.arg(path);
+                let seconds = run_command(command, copy_timeout(size), &files.log)?;
+                Ok(Measurement::copy(seconds, size))
+            }
+            Workload::Dd { direction, size } => {
+                let mut command = Command::new("dd");
+                match direction {
+                    Direction::Read => command
+                        .arg(format!("if={}", path.display()))
+                        .args(["of=/dev/null", "iflag=direct"]),
+                    Direction::Write => command
                         .arg("if=/dev/zero")
                         .arg(format!("of={}", path.display()))
-                        .args(["oflag=direct", "conv=notrunc"]);
-                }
+                        .args(["oflag=direct", "conv=notrunc"]),
+                };
+                command.args(["bs=1M", &format!("count={}", size / MIB), "status=none"]);
+                let seconds = run_command(command, copy_timeout(size), &files.log)?;
+                Ok(Measurement::copy(seconds, size))
             }
-            command.args(["bs=1M", &format!("count={count}"), "status=none"]);
-            let seconds = run_command(command, timeout_for_copy(bytes), &files.log)?;
-            Ok(copy_measurement(seconds, bytes))
+            Workload::Fio(job) | Workload::Ext4Fio { job, .. } => self.run_fio(&job),
         }
-        Workload::Fio(job) => run_fio(&job, path, size, files),
     }
-}
 
-fn copy_measurement(seconds: f64, bytes: u64) -> Measurement {
-    Measurement {
-        seconds,
-        bytes,
-        ios: None,
-        iops: None,
-        lat_p50_us: None,
-        lat_p99_us: None,
+    fn run_fio(&self, job: &FioJob) -> Result<Measurement, String> {
+        let report = &self.files.fio_report;
+        let _ = fs::remove_file(report);
+        let mut command = Command::new("fio");
+        command.args(fio::args(job, &self.path, self.size, report));
+        let timeout = Duration::from_secs(u64::from(job.runtime_secs) + 120);
+        run_command(command, timeout, &self.files.log)?;
+        let text = fs::read_to_string(report)
+            .map_err(|err| format!("no fio report {}: {err}", report.display()))?;
+        fio::parse_report(&text, job.pattern)
     }
 }
 
 /// Generous: an export at 20 MiB/s still finishes; a hang does not block
 /// the lab forever.
-fn timeout_for_copy(bytes: u64) -> Duration {
+fn copy_timeout(bytes: u64) -> Duration {
     Duration::from_secs(120 + bytes / (20 * MIB))
 }
 
-/// fio's command line for `job` on `path`.
-pub fn fio_args(job: &FioJob, path: &Path, size: u64, report: &Path) -> Vec<String> {
-    let mut args = vec![
-        "--name=lab".to_string(),
-        format!("--filename={}", path.display()),
-        format!("--size={size}"),
-        "--direct=1".into(),
-        format!("--ioengine={}", job.engine.fio_name()),
-        format!("--iodepth={}", job.iodepth),
-        format!("--rw={}", job.pattern.fio_rw()),
-        format!("--bs={}", size_short(job.block_size)),
-        "--time_based".into(),
-        format!("--runtime={}", job.runtime_secs),
-        "--numjobs=1".into(),
-        // Different offsets every run, so no run profits from a cache a
-        // previous one warmed; no random map to keep fio's own CPU low.
-        "--randrepeat=0".into(),
-        "--norandommap".into(),
-        // The image exists at its full size; fio must not try to lay it out.
-        "--fallocate=none".into(),
-        "--percentile_list=50:99".into(),
-        "--output-format=json".into(),
-        format!("--output={}", report.display()),
-    ];
-    if job.pattern == Pattern::RandRw70 {
-        args.push("--rwmixread=70".into());
-    }
-    args
-}
-
-fn run_fio(
-    job: &FioJob,
-    path: &Path,
-    size: u64,
-    files: &ClientFiles,
-) -> Result<Measurement, String> {
-    let _ = fs::remove_file(&files.fio_report);
-    let mut command = Command::new("fio");
-    command.args(fio_args(job, path, size, &files.fio_report));
-    let timeout = Duration::from_secs(u64::from(job.runtime_secs) + 120);
-    run_command(command, timeout, &files.log)?;
-    let text = fs::read_to_string(&files.fio_report)
-        .map_err(|err| format!("no fio report {}: {err}", files.fio_report.display()))?;
-    parse_fio_report(&text, job.pattern)
-}
-
-/// Reads fio's JSON report (one job, `--group_reporting` not needed).
-pub fn parse_fio_report(text: &str, pattern: Pattern) -> Result<Measurement, String> {
-    // fio may print notices before the JSON document even with --output.
-    let start = text.find('{').ok_or("fio report has no JSON")?;
-    let doc = json::parse(&text[start..]).map_err(|err| format!("fio report: {err}"))?;
-    let job = doc
-        .get("jobs")
-        .and_then(|jobs| jobs.at(0))
-        .ok_or("fio report has no job")?;
-    let number = |value: Option<&Value>| value.and_then(Value::as_f64);
-    if let Some(error) = number(job.get("error"))
-        && error != 0.0
-    {
-        return Err(format!("fio job failed with error {error}"));
-    }
-    let mut bytes = 0.0;
-    let mut ios = 0.0;
-    let mut iops = 0.0;
-    for side in ["read", "write"] {
-        bytes += number(job.path(&[side, "io_bytes"])).unwrap_or(0.0);
-        ios += number(job.path(&[side, "total_ios"])).unwrap_or(0.0);
-        iops += number(job.path(&[side, "iops"])).unwrap_or(0.0);
-    }
-    if ios == 0.0 {
-        return Err("fio completed no I/O".into());
-    }
-    let runtime_ms = number(job.get("job_runtime"))
-        .filter(|ms| *ms > 0.0)
-        .ok_or("fio report has no job_runtime")?;
-    let side = if pattern.reports_writes() {
-        "write"
-    } else {
-        "read"
-    };
-    let percentile =
-        |key: &str| number(job.path(&[side, "clat_ns", "percentile", key])).map(|ns| ns / 1000.0);
-    Ok(Measurement {
-        seconds: runtime_ms / 1000.0,
-        bytes: bytes as u64,
-        ios: Some(ios as u64),
-        iops: Some(iops),
-        lat_p50_us: percentile("50.000000"),
-        lat_p99_us: percentile("99.000000"),
-    })
-}
-
-/// Runs a client to completion with its output in `log`; returns its wall
-/// time in seconds. A client still running after `timeout` is killed.
+/// Runs a client to completion with its output appended to `log`; returns
+/// its wall time in seconds. A client still running after `timeout` is
+/// killed.
 pub fn run_command(mut command: Command, timeout: Duration, log: &Path) -> Result<f64, String> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let log_file =
-        File::create(log).map_err(|err| format!("cannot create {}: {err}", log.display()))?;
-    let log_for_stderr = log_file
+    let output = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|err| format!("cannot open {}: {err}", log.display()))?;
+    let errors = output
         .try_clone()
         .map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log_file))
-        .stderr(Stdio::from(log_for_stderr));
+    command.stdin(Stdio::null()).stdout(output).stderr(errors);
     let started = Instant::now();
     let mut child = command
         .spawn()
         .map_err(|err| format!("cannot run {program}: {err}"))?;
-    let pid = child.id();
-    // A thread blocks in wait() so the end time is exact (polling would add
-    // up to one interval to short runs) while this thread can time out.
-    let (done_tx, done_rx) = mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let status = child.wait();
-        let _ = done_tx.send((status, Instant::now()));
-    });
-    let (status, ended) = match done_rx.recv_timeout(timeout) {
-        Ok(result) => result,
-        Err(_) => {
-            // Not reaped yet, so the PID is still this child's.
-            let _ = host::send_signal(pid, libc::SIGKILL);
-            let _ = waiter.join();
+    let waited = child.wait_timeout(timeout);
+    let seconds = started.elapsed().as_secs_f64();
+    let status = match waited {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(format!(
                 "{program} did not finish within {} s; killed",
                 timeout.as_secs()
             ));
         }
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("waiting for {program}: {err}"));
+        }
     };
-    let _ = waiter.join();
-    let status = status.map_err(|err| format!("waiting for {program}: {err}"))?;
     if !status.success() {
         return Err(format!(
             "{program} failed ({status}): {}",
             last_lines(log, 2)
         ));
     }
-    Ok(ended.duration_since(started).as_secs_f64())
+    Ok(seconds)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::plan::{Engine, KIB};
-
-    #[test]
-    fn fio_report_numbers() {
-        let report = r#"fio: some notice
-        {"jobs": [{"jobname": "lab", "error": 0, "job_runtime": 2000,
-          "read": {"io_bytes": 548839424, "total_ios": 133994, "iops": 66963.5,
-                   "clat_ns": {"percentile": {"50.000000": 370688, "99.000000": 2932736}}},
-          "write": {"io_bytes": 0, "total_ios": 0, "iops": 0.0,
-                    "clat_ns": {"percentile": {"50.000000": 0, "99.000000": 0}}}}]}"#;
-        let m = parse_fio_report(report, Pattern::RandRead).unwrap();
-        assert_eq!(m.seconds, 2.0);
-        assert_eq!(m.ios, Some(133_994));
-        assert_eq!(m.iops, Some(66963.5));
-        assert_eq!(m.lat_p50_us, Some(370.688));
-        assert_eq!(m.lat_p99_us, Some(2932.736));
-        assert!(parse_fio_report("garbage", Pattern::RandRead).is_err());
-        assert!(parse_fio_report(r#"{"jobs": [{"error": 5}]}"#, Pattern::RandRead).is_err());
-    }
-
-    #[test]
-    fn fio_command_line() {
-        let job = FioJob {
-            pattern: Pattern::RandRw70,
-            block_size: 4 * KIB,
-            iodepth: 32,
-            engine: Engine::Libaio,
-            runtime_secs: 5,
-        };
-        let args = fio_args(&job, Path::new("/x/img"), 1 << 30, Path::new("/tmp/r.json")).join(" ");
-        for part in [
-            "--filename=/x/img",
-            "--size=1073741824",
-            "--ioengine=libaio",
-            "--iodepth=32",
-            "--rw=randrw",
-            "--rwmixread=70",
-            "--bs=4k",
-            "--runtime=5",
-            "--direct=1",
-        ] {
-            assert!(args.contains(part), "{part} missing from {args}");
-        }
-    }
 
     #[test]
     fn commands_are_timed_and_failures_explained() {
@@ -317,13 +225,16 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let log = dir.join("log");
         let mut ok = Command::new("sh");
-        ok.args(["-c", "sleep 0.05"]);
+        ok.args(["-c", "echo first; sleep 0.05"]);
         let secs = run_command(ok, Duration::from_secs(10), &log).unwrap();
         assert!(secs >= 0.05, "{secs}");
         let mut failing = Command::new("sh");
         failing.args(["-c", "echo broken >&2; exit 3"]);
         let err = run_command(failing, Duration::from_secs(10), &log).unwrap_err();
         assert!(err.contains("broken"), "{err}");
+        // Every command of a run ends up in its log.
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(text.contains("first") && text.contains("broken"), "{text}");
         let mut slow = Command::new("sleep");
         slow.arg("10");
         let err = run_command(slow, Duration::from_millis(100), &log).unwrap_err();
