@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image};
+use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image, Locking};
 use clap::{Parser, ValueEnum};
 use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
 
@@ -82,6 +82,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     reads_per_queue: u16,
 
+    /// Lock the image while it is exported, with QEMU's OFD byte-range
+    /// locks (`on`): QEMU's tools then see it in use, and a second export is
+    /// refused. `off` shares it with anyone, like QEMU's `locking=off`.
+    #[arg(long, value_enum, default_value_t = LockingArg::On)]
+    locking: LockingArg,
+
     /// Spill-over tier bounds as write sizes, e.g. `64K` or `64K,256K`: a
     /// write of up to the first bound takes only the first tier.
     #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
@@ -102,6 +108,14 @@ enum DirectOpensArg {
     ParallelWriters,
     /// The kernel's O_DIRECT path: a large request's pieces in parallel.
     ParallelChunks,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LockingArg {
+    /// Take QEMU's image locks; refuse an image in use.
+    On,
+    /// Take and check no locks.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -253,6 +267,13 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let image = Image::open(&args.image, args.read_only, cache)
         .map_err(|err| Failure::usage(err.to_string()))?;
+    let locking = match args.locking {
+        LockingArg::On => Locking::On,
+        LockingArg::Off => Locking::Off,
+    };
+    image
+        .lock_for_export(locking)
+        .map_err(|err| Failure::usage(format!("{err}; --locking off exports it anyway")))?;
     if let Some(bounds) = &args.spill_tiers {
         SpillLayout::new(args.max_write, bounds)
             .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?;
