@@ -10,9 +10,12 @@
 pub mod buffer;
 pub mod init;
 pub mod mount;
+pub mod mountinfo;
 pub mod queue;
 pub mod session;
 pub mod slot;
+pub mod stale;
+pub mod watcher;
 
 pub use buffer::{AlignedBuf, Chain, PAGE_SIZE, Pool, PoolStats, Segment};
 pub use init::{InitRequest, Negotiated};

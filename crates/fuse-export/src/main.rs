@@ -178,6 +178,10 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // A re-executed copy of this program that unmounts after a crash.
+    if let Some(code) = fuse_dev::watcher::run_if_requested() {
+        return code;
+    }
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, record| {
@@ -261,6 +265,10 @@ fn prepare_mountpoint(path: &Path) -> Result<Mountpoint, Failure> {
 }
 
 fn run(args: Args) -> Result<(), Failure> {
+    // A dead mount of a crashed server would fail every step below.
+    for path in [&args.mountpoint, &args.image] {
+        fuse_dev::stale::clear_dead_mounts(path).map_err(|err| Failure::usage(err.to_string()))?;
+    }
     let cache = match args.cache {
         Cache::None => CacheMode::None,
         Cache::Writeback => CacheMode::Writeback,
@@ -323,6 +331,7 @@ fn run(args: Args) -> Result<(), Failure> {
         force_fusermount: args.fusermount,
         root_is_dir: directory_entry.is_some(),
         max_read: max_write as u32,
+        auto_unmount: true,
     };
     let init = InitRequest {
         max_write: max_write as u32,
