@@ -88,7 +88,7 @@ enum Probe {
     /// The server answered (or the kernel refused us, e.g. another user's
     /// mount): a live mount, not ours to judge.
     Live,
-    /// ENOTCONN: the connection is gone.
+    /// ENOTCONN (or ECONNABORTED): the connection is gone.
     Dead,
     /// No answer in time.
     Silent,
@@ -159,7 +159,9 @@ fn probe(path: &Path) -> Probe {
         return Probe::Silent;
     }
     match receiver.recv_timeout(PROBE_TIMEOUT) {
-        Ok(Err(rustix::io::Errno::NOTCONN)) => Probe::Dead,
+        // ECONNABORTED: the connection was aborted while we waited (a
+        // server that just died, whose rings the kernel was tearing down).
+        Ok(Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED)) => Probe::Dead,
         Ok(_) => Probe::Live,
         // The thread stays blocked in the kernel; the caller exits soon.
         Err(_) => Probe::Silent,
