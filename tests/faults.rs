@@ -1229,6 +1229,24 @@ fn soak() {
             clean == JOBS.len() && !text.to_ascii_lowercase().contains("verify: bad"),
             "{what}: fio reported errors:\n{text}"
         );
+        // (reads, writes) per job: every block written is read back (a
+        // verify-only pass counts the writes it regenerates, not doing them).
+        let issued: Vec<(u64, u64)> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("issued rwts: total="))
+            .map(|counts| {
+                let mut numbers = counts.split([',', ' ']).map(|n| n.parse().unwrap_or(0));
+                (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+            })
+            .collect();
+        let verified = issued.len() == JOBS.len()
+            && issued
+                .iter()
+                .all(|&(reads, writes)| reads > 0 && reads == writes);
+        assert!(
+            verified,
+            "{what}: fio issued (reads, writes) {issued:?}:\n{text}"
+        );
     };
 
     let mut round = 0;
