@@ -98,6 +98,12 @@ fn watchers_of(mount: &Path) -> Vec<Pid> {
         .collect()
 }
 
+/// Whether the local file `path` has data (not a hole) at or after `offset`.
+fn has_data_from(path: &Path, offset: u64) -> bool {
+    File::open(path)
+        .is_ok_and(|file| rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(offset)).is_ok())
+}
+
 /// Where each thread of `pid` waits in the kernel, for messages.
 fn kernel_stacks(pid: u32) -> String {
     let tasks = fs::read_dir(format!("/proc/{pid}/task"))
@@ -112,6 +118,29 @@ fn kernel_stacks(pid: u32) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Every thread whose kernel stack mentions one of `words`.
+fn kernel_waits_in(words: &[&str]) -> String {
+    let mut found = Vec::new();
+    for process in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        for task in fs::read_dir(process.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stack = fs::read_to_string(task.path().join("stack")).unwrap_or_default();
+            if words.iter().any(|w| stack.contains(w)) {
+                let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                found.push(format!(
+                    "{} ({}):\n{stack}",
+                    task.path().display(),
+                    comm.trim()
+                ));
+            }
+        }
+    }
+    found.join("\n")
 }
 
 /// Whether any process still has the image locked (`/proc/locks`).
@@ -408,7 +437,7 @@ fn kill_9_under_write_load_leaves_no_dead_mount_and_keeps_fsynced_data() {
     let output_file = File::create(&fio_output).expect("create fio's output file");
     let mut fio = KillOnDrop::spawn(
         Command::new("fio")
-            .arg("--name=load")
+            .args(["--name=load", "--thread"])
             .arg(format!("--filename={}", mount.display()))
             .args(["--ioengine=io_uring", "--direct=1", "--rw=randwrite"])
             .args([
@@ -427,12 +456,18 @@ fn kill_9_under_write_load_leaves_no_dead_mount_and_keeps_fsynced_data() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = synced_writer(mount.clone(), CHUNKS, synced.clone(), stop.clone());
 
+    // fio must be writing through the export (not yet started, it would
+    // open the mountpoint file underneath once the mount is gone): its
+    // region of the image has data.
     let reached = poll_until(COMMAND_TIMEOUT, || {
-        (synced.load(Ordering::Acquire) >= SYNCED_BEFORE_KILL || writer.is_finished()).then_some(())
+        let loaded = synced.load(Ordering::Acquire) >= SYNCED_BEFORE_KILL
+            && has_data_from(&image, CHUNKS * CHUNK);
+        (loaded || writer.is_finished() || fio.try_wait().is_some()).then_some(())
     });
     assert!(
         reached.is_some() && !writer.is_finished(),
-        "the writer did not get {SYNCED_BEFORE_KILL} synced chunks in; stderr:\n{}",
+        "the writer did not get {SYNCED_BEFORE_KILL} synced chunks in, or fio wrote \
+         nothing; stderr:\n{}",
         server.stderr()
     );
     assert!(fio.try_wait().is_none(), "fio ended before the kill");
@@ -459,8 +494,10 @@ fn kill_9_under_write_load_leaves_no_dead_mount_and_keeps_fsynced_data() {
     let synced_at_kill = synced.load(Ordering::Acquire);
     if fio.wait_for_exit(STOP_TIMEOUT).is_none() {
         panic!(
-            "fio still runs {STOP_TIMEOUT:?} after the server died (threads: {}):\n{}",
+            "fio still runs {STOP_TIMEOUT:?} after the server died; the writer ended with \
+             {ended_with:?} (threads: {}); kernel threads in io_uring or fuse: {}\n{}",
             kernel_stacks(fio.child.id()),
+            kernel_waits_in(&["io_ring", "fuse", "io_uring"]),
             fs::read_to_string(&fio_output).unwrap_or_default()
         );
     }
