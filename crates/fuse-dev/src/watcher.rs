@@ -9,7 +9,7 @@
 //! image or of `/dev/fuse` (everything the server opens is close-on-exec),
 //! runs in `/` and in its own process group (a Ctrl-C meant for the server
 //! does not reach it). Its stdin is a pipe whose write end only the server
-//! holds: end-of-file means the server is gone, a [`DISARM`] byte means the
+//! holds: end-of-file means the server is gone, a `D` byte means the
 //! server unmounted by itself. When the server is gone, it detaches the
 //! mountpoint only if the topmost mount there is still the one it was
 //! started for (same mount ID and superblock device in
@@ -30,10 +30,11 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
+
 use crate::mount::SUBTYPE;
 use crate::mountinfo::{self, MountEntry};
 use crate::stale::detach;
-use rustix::event::{PollFd, PollFlags, Timespec};
 
 /// The hidden first argument that makes the program a watcher.
 pub const WATCHER_ARG: &str = "--internal-unmount-watcher";
@@ -153,7 +154,8 @@ fn wait_until_ready(child: &mut Child) -> io::Result<()> {
 
 /// If this process was started as a watcher (first argument
 /// [`WATCHER_ARG`]), runs it to the end and returns its exit code; returns
-/// `None` otherwise. A program that mounts with `auto_unmount` as root calls
+/// `None` otherwise. A program that mounts with
+/// [`MountOptions::auto_unmount`](crate::MountOptions::auto_unmount) calls
 /// this first thing in `main`, before parsing its own arguments.
 pub fn run_if_requested() -> Option<ExitCode> {
     let mut args = std::env::args_os();
@@ -168,33 +170,23 @@ pub fn run_if_requested() -> Option<ExitCode> {
     Some(run_watcher(&name, args.collect()))
 }
 
-/// The mount a watcher was started for.
-#[derive(Debug)]
-struct Watched {
-    mount: MountEntry,
-}
-
-impl Watched {
-    /// `MOUNT_ID MAJOR:MINOR PATH`.
-    fn from_args(args: &[OsString]) -> Option<Watched> {
-        let [id, device, path] = args else {
-            return None;
-        };
-        let mount_id = id.to_str()?.parse().ok()?;
-        let (major, minor) = device.to_str()?.split_once(':')?;
-        let mountpoint = PathBuf::from(path);
-        if !mountpoint.is_absolute() {
-            return None;
-        }
-        Some(Watched {
-            mount: MountEntry {
-                mount_id,
-                device: (major.parse().ok()?, minor.parse().ok()?),
-                mountpoint,
-                fstype: format!("fuse.{SUBTYPE}"),
-            },
-        })
+/// The mount a watcher was started for, from `MOUNT_ID MAJOR:MINOR PATH`.
+fn watched_mount(args: &[OsString]) -> Option<MountEntry> {
+    let [id, device, path] = args else {
+        return None;
+    };
+    let mount_id = id.to_str()?.parse().ok()?;
+    let (major, minor) = device.to_str()?.split_once(':')?;
+    let mountpoint = PathBuf::from(path);
+    if !mountpoint.is_absolute() {
+        return None;
     }
+    Some(MountEntry {
+        mount_id,
+        device: (major.parse().ok()?, minor.parse().ok()?),
+        mountpoint,
+        fstype: format!("fuse.{SUBTYPE}"),
+    })
 }
 
 fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
@@ -208,7 +200,7 @@ fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
     ) {
         let _ = rustix::thread::set_name(&comm);
     }
-    let Some(watched) = Watched::from_args(&args) else {
+    let Some(watched) = watched_mount(&args) else {
         eprintln!("{name}: {WATCHER_ARG} takes MOUNT_ID MAJOR:MINOR ABSOLUTE_PATH");
         return ExitCode::from(2);
     };
@@ -218,11 +210,11 @@ fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
     if server_disarmed() {
         return ExitCode::SUCCESS;
     }
-    match detach_if_still_ours(&watched.mount) {
+    match detach_if_still_ours(&watched) {
         Ok(Detach::Detached) => {
             eprintln!(
                 "{name}: warning: the server of {} is gone; detached its mount",
-                watched.mount.mountpoint.display()
+                watched.mountpoint.display()
             );
             ExitCode::SUCCESS
         }
@@ -231,7 +223,7 @@ fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
             eprintln!(
                 "{name}: warning: the server of {} is gone, but another mount now covers \
                  its mount; leaving both alone",
-                watched.mount.mountpoint.display()
+                watched.mountpoint.display()
             );
             ExitCode::from(1)
         }
@@ -239,7 +231,7 @@ fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
             eprintln!(
                 "{name}: error: the server of {path} is gone and its mount could not be \
                  detached ({err}); run: umount -l {path}",
-                path = watched.mount.mountpoint.display()
+                path = watched.mountpoint.display()
             );
             ExitCode::from(1)
         }
@@ -293,12 +285,12 @@ mod tests {
     #[test]
     fn watcher_arguments_are_checked() {
         let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
-        let watched = Watched::from_args(&args(&["98", "0:51", "/tmp/disk.img"])).unwrap();
-        assert_eq!(watched.mount.mount_id, 98);
-        assert_eq!(watched.mount.device, (0, 51));
-        assert!(Watched::from_args(&args(&["98", "0:51", "relative"])).is_none());
-        assert!(Watched::from_args(&args(&["x", "0:51", "/a"])).is_none());
-        assert!(Watched::from_args(&args(&["98", "51", "/a"])).is_none());
-        assert!(Watched::from_args(&args(&["98", "0:51"])).is_none());
+        let watched = watched_mount(&args(&["98", "0:51", "/tmp/disk.img"])).unwrap();
+        assert_eq!(watched.mount_id, 98);
+        assert_eq!(watched.device, (0, 51));
+        assert!(watched_mount(&args(&["98", "0:51", "relative"])).is_none());
+        assert!(watched_mount(&args(&["x", "0:51", "/a"])).is_none());
+        assert!(watched_mount(&args(&["98", "51", "/a"])).is_none());
+        assert!(watched_mount(&args(&["98", "0:51"])).is_none());
     }
 }
