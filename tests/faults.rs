@@ -415,8 +415,9 @@ fn read_chunk(path: &Path, index: u64) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // Crash cleanup
 
-/// kill -9 while a client writes with fdatasync and fio writes elsewhere:
-/// the mount is gone without anyone running umount, every chunk whose
+/// kill -9 while a client writes with fdatasync and fio writes elsewhere
+/// (and the watcher got a SIGTERM): the mount is gone without anyone
+/// running umount, every chunk whose
 /// fdatasync returned is on the image, and a new server starts on the same
 /// mountpoint and serves the same data.
 #[test]
@@ -471,6 +472,11 @@ fn kill_9_under_write_load_leaves_no_dead_mount_and_keeps_fsynced_data() {
         server.stderr()
     );
     assert!(fio.try_wait().is_none(), "fio ended before the kill");
+    // As a service manager would when it stops the unit: the watcher must
+    // outlive SIGTERM to do its job.
+    let watchers = watchers_of(&mount);
+    assert_eq!(watchers.len(), 1, "one watcher for {}", mount.display());
+    rustix::process::kill_process(watchers[0], Signal::TERM).expect("SIGTERM to the watcher");
     server.signal(Signal::KILL);
     server
         .wait_for_exit(STOP_TIMEOUT)

@@ -8,9 +8,10 @@
 //! call [`run_if_requested`] first thing in `main`. It holds no fd of the
 //! image or of `/dev/fuse` (everything the server opens is close-on-exec),
 //! runs in `/` and in its own process group (a Ctrl-C meant for the server
-//! does not reach it). Its stdin is a pipe whose write end only the server
-//! holds: end-of-file means the server is gone, a `D` byte means the
-//! server unmounted by itself. When the server is gone, it detaches the
+//! does not reach it), and outlives SIGTERM, SIGINT and SIGHUP (a service
+//! manager stopping the unit of a dead server signals it too). Its stdin is
+//! a pipe whose write end only the server holds: end-of-file means the
+//! server is gone, a `D` byte means the server unmounted by itself. When the server is gone, it detaches the
 //! mountpoint only if the topmost mount there is still the one it was
 //! started for (same mount ID and superblock device in
 //! `/proc/self/mountinfo`), so it never touches a later mount on the path:
@@ -199,6 +200,19 @@ fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
             .collect::<Vec<u8>>(),
     ) {
         let _ = rustix::thread::set_name(&comm);
+    }
+    // A service manager that stops the unit after the server died signals
+    // every process left, this one too: it must finish its one job first.
+    // It ends by itself once the server is gone (SIGKILL still ends it).
+    let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(err) = signal_hook::flag::register(signal, ignored.clone()) {
+            eprintln!("{name}: warning: the unmount watcher cannot catch signal {signal}: {err}");
+        }
     }
     let Some(watched) = watched_mount(&args) else {
         eprintln!("{name}: {WATCHER_ARG} takes MOUNT_ID MAJOR:MINOR ABSOLUTE_PATH");
