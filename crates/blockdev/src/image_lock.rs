@@ -195,6 +195,16 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Drops the export's locks once the export is over (unmounted,
+    /// flushed), so that a QEMU tool or a new export started right after
+    /// this process exits does not find them: they would otherwise last
+    /// until the kernel has torn down the rings that still hold the file.
+    pub fn release_export_lock(&self) {
+        release(self.as_fd());
+    }
+}
+
 /// How long a conflict is re-checked before it is reported. A server that
 /// has just exited (or was killed) still holds its locks for a while: its
 /// io_uring rings hold the image's file, and the kernel tears them down
@@ -355,6 +365,15 @@ mod tests {
         drop(first);
         let _next = export(&scratch.image(), false, Locking::On).unwrap();
         drop(refused);
+    }
+
+    #[test]
+    fn a_released_lock_lets_the_next_export_in_while_the_fd_is_open() {
+        let scratch = Scratch::new("released");
+        let first = export(&scratch.image(), false, Locking::On).unwrap();
+        first.release_export_lock();
+        let _next = export(&scratch.image(), false, Locking::On).unwrap();
+        drop(first);
     }
 
     #[test]

@@ -428,6 +428,7 @@ fn run(args: Args) -> Result<(), Failure> {
     signal_handle.close();
     let _ = signal_thread.join();
     let synced = export.image().sync();
+    export.image().release_export_lock();
     drop(mountpoint);
     let reports = result.map_err(|err| Failure::runtime(format!("serving failed: {err}")))?;
     for report in &reports {
