@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup run test lint tidy fuzz clean
+.PHONY: setup run test lint tidy fuzz soak clean
 
 # Installs what the tests use and is missing (as root, through apt) and
 # checks /dev/fuse. Quiet and idempotent when everything is already there.
@@ -51,6 +51,13 @@ tidy:
 test: setup lint
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --doc --workspace
+
+# Soak (not part of `make test`): rounds of fio verify (mixed unaligned
+# sizes, QD64, 2 queues), restart, verify-only through a fresh export and on
+# the image, until SOAK_SECONDS have passed. Stops and cleans up by itself.
+SOAK_SECONDS ?= 600
+soak: setup
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test -p fuse-export --test faults -- --ignored --exact soak --nocapture
 
 # Fuzzes request parsing (nightly + cargo-fuzz; not part of `make test`).
 FUZZ_DIR := crates/fuse-proto/fuzz

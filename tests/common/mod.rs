@@ -1519,3 +1519,44 @@ impl<'dir> Server<'dir> {
         server
     }
 }
+
+// ---------------------------------------------------------------------------
+// Servers run as another user
+
+impl<'dir> Server<'dir> {
+    /// [`Server::spawn`] as the user `uid:gid` (through `setpriv`, which
+    /// execs the server, so the guard signals the server itself).
+    pub fn spawn_as_user(
+        dir: &'dir TestDir,
+        (uid, gid): (u32, u32),
+        args: &[OsString],
+        mount: &Path,
+    ) -> Server<'dir> {
+        let log_id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
+        let log = dir.join(format!("server-{log_id}.log"));
+        let stderr = File::create(&log)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
+        let stdout = stderr
+            .try_clone()
+            .expect("cannot duplicate the log file descriptor");
+        let child = Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(SERVER_BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN} through setpriv: {err}"));
+        Server {
+            child,
+            exit_status: None,
+            mount: mount.to_path_buf(),
+            log,
+            _dir: PhantomData,
+        }
+    }
+}

@@ -9,8 +9,10 @@
 mod export;
 mod handler;
 mod image;
+mod image_lock;
 pub mod range_lock;
 
 pub use export::{DirectOpens, Export, ExportOptions, Presentation};
 pub use handler::{Merge, Pending, QueueHandler, WriteJob};
 pub use image::{CacheMode, Image, OpenError};
+pub use image_lock::{LockError, Locking};

@@ -23,9 +23,12 @@ pub mod handler;
 pub mod init;
 mod jobs;
 pub mod mount;
+pub mod mountinfo;
 pub mod readv;
 mod ring_guard;
 pub mod session;
+pub mod stale;
+pub mod watcher;
 
 pub use buffer::{AlignedBuf, Chain, PAGE_SIZE, Pool, PoolStats, Segment};
 pub use config::{QueueConfig, QueueReport};

@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -12,6 +11,8 @@ use rustix::mount::{MountFlags, UnmountFlags};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketFlags, SocketType,
 };
+
+use crate::watcher::Watcher;
 
 /// The filesystem type shown in `/proc/mounts` is `fuse.<SUBTYPE>`.
 pub const SUBTYPE: &str = "fuse-export";
@@ -33,6 +34,10 @@ pub struct MountOptions {
     pub root_is_dir: bool,
     /// Largest READ the kernel may send (`max_read=`).
     pub max_read: u32,
+    /// Make the mount go away by itself if the server dies: a watcher
+    /// process does it (see [`crate::watcher`]; the program must call
+    /// [`crate::watcher::run_if_requested`] first in `main`).
+    pub auto_unmount: bool,
 }
 
 /// How the mount was made; decides how it is undone.
@@ -50,6 +55,7 @@ pub struct Mount {
     mountpoint: PathBuf,
     method: MountMethod,
     mounted: bool,
+    watcher: Option<Watcher>,
 }
 
 /// Opens `/dev/fuse` and mounts it at the mountpoint. Returns the device fd
@@ -61,18 +67,28 @@ pub fn mount(options: &MountOptions) -> io::Result<(OwnedFd, Mount)> {
     } else {
         (mount_fusermount(options)?, MountMethod::Fusermount)
     };
+    let mut mount = Mount {
+        mountpoint: options.mountpoint.clone(),
+        method,
+        mounted: true,
+        watcher: None,
+    };
+    if options.auto_unmount {
+        match Watcher::spawn(&options.mountpoint) {
+            Ok(watcher) => mount.watcher = Some(watcher),
+            Err(err) => {
+                // Closed first, so that unmounting cannot wait on it.
+                drop(fd);
+                let _ = mount.unmount();
+                return Err(err);
+            }
+        }
+    }
     // Reads from the ring must never block a thread: with O_NONBLOCK an empty
     // queue answers EAGAIN and io_uring waits by polling instead.
     let flags = rustix::fs::fcntl_getfl(&fd)?;
     rustix::fs::fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?;
-    Ok((
-        fd,
-        Mount {
-            mountpoint: options.mountpoint.clone(),
-            method,
-            mounted: true,
-        },
-    ))
+    Ok((fd, mount))
 }
 
 fn open_device() -> io::Result<OwnedFd> {
@@ -239,7 +255,17 @@ impl Mount {
 
     /// Unmounts. A mount that is already gone (external `umount`) is fine;
     /// a busy one (a client still has the file open) is detached lazily.
+    /// Then the watcher stands down (or, if unmounting failed, is left to
+    /// detach the mount).
     pub fn unmount(&mut self) -> io::Result<()> {
+        let result = self.unmount_once();
+        if let Some(watcher) = self.watcher.take() {
+            watcher.finish(result.is_ok());
+        }
+        result
+    }
+
+    fn unmount_once(&mut self) -> io::Result<()> {
         if !self.mounted {
             return Ok(());
         }
@@ -296,47 +322,16 @@ impl Drop for Mount {
     }
 }
 
-/// Whether `path` is the mountpoint of a FUSE filesystem of ours, by
+/// Whether `path` is the mountpoint of a FUSE filesystem, by
 /// `/proc/self/mountinfo` (no syscall on the path itself, which could block
 /// on a dead server).
 pub fn is_fuse_mountpoint(path: &Path) -> bool {
-    let Ok(absolute) = std::path::absolute(path) else {
-        return false;
-    };
-    let Ok(mountinfo) = std::fs::read("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = absolute.as_os_str().as_bytes();
-    mountinfo.split(|&b| b == b'\n').any(|line| {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(separator) = fields.iter().position(|f| *f == b"-") else {
+    crate::mountinfo::read().is_ok_and(|mounts| {
+        let Ok(absolute) = std::path::absolute(path) else {
             return false;
         };
-        let point = fields.get(4).map(|p| unescape_mountinfo(p));
-        let fstype = fields.get(separator + 1);
-        point.as_deref() == Some(wanted) && fstype.is_some_and(|t| t.starts_with(b"fuse"))
+        mounts
+            .iter()
+            .any(|entry| entry.mountpoint == absolute && entry.fstype.starts_with("fuse"))
     })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\'
-            && i + 3 < field.len()
-            && field[i + 1..i + 4]
-                .iter()
-                .all(|d| (b'0'..=b'7').contains(d))
-        {
-            let value =
-                (field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0');
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(field[i]);
-            i += 1;
-        }
-    }
-    out
 }

@@ -161,6 +161,7 @@ fn serve_once(image_path: &Path, mountpoint: &Path) {
         force_fusermount: false,
         root_is_dir: false,
         max_read: 128 * 1024,
+        auto_unmount: false,
     };
     let init = InitRequest {
         max_write: 128 * 1024,

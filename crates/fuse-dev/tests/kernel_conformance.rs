@@ -237,6 +237,8 @@ impl Probe {
             force_fusermount: false,
             root_is_dir: false,
             max_read: MAX_WRITE,
+            // A test binary cannot re-execute itself as a watcher.
+            auto_unmount: false,
         };
         match mount(&options) {
             Ok((device, mount)) => Some(Probe {

@@ -101,6 +101,7 @@ fn panicking_queue_on_a_live_mount_ends_with_an_error_and_no_mount() {
         force_fusermount: false,
         root_is_dir: false,
         max_read: 128 * 1024,
+        auto_unmount: false,
     };
     let init = InitRequest {
         max_write: 128 * 1024,

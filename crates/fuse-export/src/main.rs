@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image};
+use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image, Locking};
 use clap::{Parser, ValueEnum};
 use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
 use readiness::PidFile;
@@ -97,6 +97,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     reads_per_queue: u16,
 
+    /// Lock the image while it is exported, with QEMU's OFD byte-range
+    /// locks (`on`): QEMU's tools then see it in use, and a second export is
+    /// refused. `off` shares it with anyone, like QEMU's `locking=off`.
+    #[arg(long, value_enum, default_value_t = LockingArg::On)]
+    locking: LockingArg,
+
     /// Spill-over tier bounds as write sizes, e.g. `64K` or `64K,256K`: a
     /// write of up to the first bound takes only the first tier.
     #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
@@ -123,6 +129,14 @@ enum DirectOpensArg {
     ParallelWriters,
     /// The kernel's O_DIRECT path: a large request's pieces in parallel.
     ParallelChunks,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LockingArg {
+    /// Take QEMU's image locks; refuse an image in use.
+    On,
+    /// Take and check no locks.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -185,6 +199,10 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // A re-executed copy of this program that unmounts after a crash.
+    if let Some(code) = fuse_dev::watcher::run_if_requested() {
+        return code;
+    }
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, record| {
@@ -268,6 +286,10 @@ fn prepare_mountpoint(path: &Path) -> Result<Mountpoint, Failure> {
 }
 
 fn run(args: Args) -> Result<(), Failure> {
+    // A dead mount of a crashed server would fail every step below.
+    for path in [&args.mountpoint, &args.image] {
+        fuse_dev::stale::clear_dead_mounts(path).map_err(|err| Failure::usage(err.to_string()))?;
+    }
     let cache = match args.cache {
         Cache::None => CacheMode::None,
         Cache::Writeback => CacheMode::Writeback,
@@ -280,6 +302,13 @@ fn run(args: Args) -> Result<(), Failure> {
             args.image.display()
         )));
     }
+    let locking = match args.locking {
+        LockingArg::On => Locking::On,
+        LockingArg::Off => Locking::Off,
+    };
+    image
+        .lock_for_export(locking)
+        .map_err(|err| Failure::usage(format!("{err}; --locking off exports it anyway")))?;
     let max_pages_limit = fuse_dev::init::max_pages_limit();
     let max_write = args
         .max_write
@@ -351,6 +380,7 @@ fn run(args: Args) -> Result<(), Failure> {
         force_fusermount: args.fusermount,
         root_is_dir: directory_entry.is_some(),
         max_read: max_write as u32,
+        auto_unmount: true,
     };
     let init = InitRequest {
         max_write: max_write as u32,
@@ -459,6 +489,7 @@ fn run(args: Args) -> Result<(), Failure> {
     signal_handle.close();
     let _ = signal_thread.join();
     let synced = export.image().sync();
+    export.image().release_export_lock();
     drop(mountpoint);
     drop(pidfile);
     if let Some(failure) = startup_failure {
