@@ -25,6 +25,10 @@ pub struct InitRequest {
     /// Ask for `FUSE_PASSTHROUGH` (the kernel does READ/WRITE on a backing
     /// file itself); granted only if offered.
     pub passthrough: bool,
+    /// Ask for `FUSE_OVER_IO_URING` (requests delivered to io_uring ring
+    /// entries); offered only while the admin has set
+    /// `/sys/module/fuse/parameters/enable_uring`, granted only if offered.
+    pub io_uring: bool,
 }
 
 /// The result of INIT.
@@ -74,6 +78,21 @@ pub enum InitError {
     UnsupportedMajor(u32),
 }
 
+impl Negotiated {
+    /// Whether the kernel offered FUSE-over-io_uring (its `enable_uring`
+    /// parameter was on when the connection was made).
+    pub fn uring_offered(&self) -> bool {
+        self.offered.contains(InitFlags::OVER_IO_URING)
+    }
+
+    /// Whether FUSE-over-io_uring was granted: the kernel holds new requests
+    /// back until every ring queue has an entry registered, then delivers
+    /// them to the rings instead of `/dev/fuse`.
+    pub fn uring_granted(&self) -> bool {
+        self.flags.contains(InitFlags::OVER_IO_URING)
+    }
+}
+
 impl std::fmt::Display for InitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -103,6 +122,9 @@ pub fn negotiate(init: &InitIn, want: &InitRequest) -> Result<(InitOut, Negotiat
     let mut wanted = WANTED_FLAGS | want.extra_flags;
     if want.passthrough {
         wanted |= InitFlags::PASSTHROUGH;
+    }
+    if want.io_uring {
+        wanted |= InitFlags::OVER_IO_URING;
     }
     let mut flags = wanted & offered;
     if flags.high() != 0 && offered.contains(InitFlags::INIT_EXT) {
@@ -234,7 +256,44 @@ mod tests {
             extra_flags: InitFlags::EMPTY,
             max_pages_limit: 256,
             passthrough: false,
+            io_uring: false,
         }
+    }
+
+    /// The 6.18 offer with `enable_uring=Y`: bit 41 is set (flags2 0x7fd).
+    fn kernel_618_with_uring() -> InitIn {
+        InitIn {
+            flags2: 0x0000_07fd,
+            ..kernel_618()
+        }
+    }
+
+    #[test]
+    fn io_uring_is_granted_only_when_offered_and_wanted() {
+        let mut w = want(1 << 20);
+        w.io_uring = true;
+        let (out, n) = negotiate(&kernel_618_with_uring(), &w).unwrap();
+        assert!(n.uring_offered());
+        assert!(n.uring_granted());
+        let granted = InitFlags::from_halves(out.flags, out.flags2);
+        assert!(granted.contains(InitFlags::OVER_IO_URING));
+        assert!(
+            granted.contains(InitFlags::INIT_EXT),
+            "bit 41 needs INIT_EXT"
+        );
+
+        // Offered but not wanted (the readv transport): not granted, so the
+        // kernel keeps delivering over /dev/fuse.
+        let (out, n) = negotiate(&kernel_618_with_uring(), &want(1 << 20)).unwrap();
+        assert!(n.uring_offered());
+        assert!(!n.uring_granted());
+        assert!(!InitFlags::from_halves(out.flags, out.flags2).contains(InitFlags::OVER_IO_URING));
+
+        // Wanted but not offered (enable_uring=N): not granted.
+        let (out, n) = negotiate(&kernel_618(), &w).unwrap();
+        assert!(!n.uring_offered());
+        assert!(!n.uring_granted());
+        assert!(!InitFlags::from_halves(out.flags, out.flags2).contains(InitFlags::OVER_IO_URING));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod mount;
 pub mod queue;
 pub mod session;
 pub mod slot;
+pub mod uring;
 
 pub use buffer::{AlignedBuf, Chain, PAGE_SIZE, Pool, PoolStats, Segment};
 pub use init::{InitRequest, Negotiated};

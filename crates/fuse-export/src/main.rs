@@ -309,6 +309,7 @@ fn run(args: Args) -> Result<(), Failure> {
         extra_flags: fuse_proto::flags::InitFlags::EMPTY,
         max_pages_limit,
         passthrough: args.transport == Transport::Passthrough,
+        io_uring: false,
     };
     let mut session = Session::mount(&mount_options, &init)
         .map_err(|err| Failure::usage(format!("mounting {}: {err}", args.mountpoint.display())))?;
