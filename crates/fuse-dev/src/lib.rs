@@ -4,22 +4,33 @@
 //! This crate knows FUSE and io_uring, not disk images: it hands each parsed
 //! request to a [`Handler`] together with the buffers it arrived in, and
 //! gives the handler a way to submit backing I/O on the same ring and to
-//! reply. `unsafe` is confined to [`buffer`] (the mapped memory), the SQE
-//! building in [`queue`] and [`slot`], and one ioctl in [`session`].
+//! reply.
+//!
+//! * [`handler`]: what a handler sees (the trait, [`Job`], [`BackingOp`]).
+//! * `jobs`: the job table and [`QueueIo`], shared by every transport.
+//! * `ring_guard`: what the kernel may still touch when a queue ends early.
+//! * [`readv`]: the transport that reads `/dev/fuse` with posted `READV`s.
+//! * [`uring`]: the FUSE-over-io_uring transport (ring entries per CPU).
+//!
+//! `unsafe` is confined to [`buffer`] (the mapped memory), the SQE building
+//! in `jobs` and [`readv`], and the ioctls in [`session`].
 
 pub mod buffer;
+pub mod config;
+pub mod handler;
 pub mod init;
+mod jobs;
 pub mod mount;
-pub mod queue;
+pub mod readv;
+mod ring_guard;
 pub mod session;
-pub mod slot;
 pub mod uring;
 
 pub use buffer::{AlignedBuf, Chain, PAGE_SIZE, Pool, PoolStats, Segment};
+pub use config::{QueueConfig, QueueReport};
+pub use handler::{BackingFile, BackingOp, Completion, Handler, Job, Waker};
 pub use init::{InitRequest, Negotiated};
+pub use jobs::QueueIo;
 pub use mount::{MountMethod, MountOptions};
-pub use queue::{
-    BackingFile, BackingOp, Completion, Handler, Job, QueueConfig, QueueIo, QueueReport, Waker,
-};
+pub use readv::{Incoming, SpillLayout};
 pub use session::{QueueContext, Running, Session, Stopper, serve_fd};
-pub use slot::{Incoming, SpillLayout};

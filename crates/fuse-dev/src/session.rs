@@ -11,9 +11,11 @@ use crossbeam_channel::{Receiver, Sender};
 use fuse_proto::abi::BackingMap;
 use rustix::fs::{Mode, OFlags};
 
+use crate::config::{QueueConfig, QueueReport, QueueSetup};
+use crate::handler::{Handler, Waker};
 use crate::init::{InitRequest, Negotiated, handshake};
 use crate::mount::{Mount, MountOptions, mount};
-use crate::queue::{Handler, QueueConfig, QueueReport, QueueSetup, Waker, run_queue};
+use crate::readv::run_queue;
 
 /// `FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t)`: attaches a fresh
 /// `/dev/fuse` fd to the connection of the fd whose number it is given.

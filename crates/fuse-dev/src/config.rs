@@ -1,0 +1,47 @@
+//! What a queue is started with and what it reports when it ends.
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::buffer::PoolStats;
+use crate::handler::Waker;
+use crate::readv::SpillLayout;
+
+/// Per-queue settings.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Reads kept posted on the device.
+    pub reads: usize,
+    /// Requests that may be in flight at once (backing I/O or reply pending).
+    pub max_in_flight: usize,
+    /// How each read's spill-over is split.
+    pub layout: SpillLayout,
+    /// Idle buffers kept per size class.
+    pub pool_cap: usize,
+}
+
+/// What a queue reports when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct QueueReport {
+    /// Queue index.
+    pub index: usize,
+    /// Requests read from the device.
+    pub requests: u64,
+    /// Requests whose WRITE data used at least one spill-over tier.
+    pub spilled: u64,
+    /// The pool's counters at the end.
+    pub pool: PoolStats,
+    /// The kernel ended the connection (unmount or abort).
+    pub disconnected: bool,
+}
+
+/// Everything a queue thread needs, built before the thread starts.
+pub(crate) struct QueueSetup {
+    pub index: usize,
+    pub fuse_fd: OwnedFd,
+    pub backing: Vec<RawFd>,
+    pub config: QueueConfig,
+    pub waker: Waker,
+    pub stop: Arc<AtomicBool>,
+}
