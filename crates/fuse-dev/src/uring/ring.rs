@@ -370,8 +370,13 @@ impl RingQueue {
 
     /// Submits what is queued and waits for at least `want` completions, or
     /// until `timeout` passes. Returns false on timeout.
+    ///
+    /// The ring defers the kernel's completion work to this wait
+    /// (`DEFER_TASKRUN`): deliveries into entries are posted only while this
+    /// thread waits here with `want > 0`. With `want == 0` it only submits.
     pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<bool> {
         let result = match timeout {
+            _ if want == 0 => self.ring.submit(),
             None => self.ring.submit_and_wait(want),
             Some(timeout) => {
                 let ts = types::Timespec::from(timeout);
