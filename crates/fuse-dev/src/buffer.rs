@@ -111,6 +111,8 @@ pub struct Pool {
     classes: Vec<(usize, Vec<AlignedBuf>)>,
     cap_per_class: usize,
     stats: PoolStats,
+    #[cfg(feature = "fault-injection")]
+    faults: Option<std::sync::Arc<crate::fault::Faults>>,
 }
 
 impl Pool {
@@ -120,7 +122,25 @@ impl Pool {
             classes: Vec::new(),
             cap_per_class,
             stats: PoolStats::default(),
+            #[cfg(feature = "fault-injection")]
+            faults: None,
         }
+    }
+
+    /// Makes the pool's allocations fail when the test says so.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn set_faults(&mut self, faults: Option<std::sync::Arc<crate::fault::Faults>>) {
+        self.faults = faults;
+    }
+
+    /// Maps a new buffer of `len` bytes (already rounded to pages).
+    fn allocate(&mut self, len: usize) -> std::io::Result<AlignedBuf> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.faults {
+            faults.pool_allocation()?;
+        }
+        self.stats.allocated += 1;
+        AlignedBuf::new(len)
     }
 
     /// A buffer of exactly `len` bytes (rounded up to pages), reused if one is idle.
@@ -130,8 +150,7 @@ impl Pool {
             self.stats.reused += 1;
             return Ok(buf);
         }
-        self.stats.allocated += 1;
-        AlignedBuf::new(len)
+        self.allocate(len)
     }
 
     /// Returns a buffer for reuse (or unmaps it if its size class is full).
@@ -158,8 +177,7 @@ impl Pool {
     pub fn prefill(&mut self, len: usize, count: usize) -> std::io::Result<()> {
         let len = len.max(1).next_multiple_of(PAGE_SIZE);
         while self.class(len).len() < count.min(self.cap_per_class) {
-            self.stats.allocated += 1;
-            let buf = AlignedBuf::new(len)?;
+            let buf = self.allocate(len)?;
             self.class(len).push(buf);
         }
         Ok(())
@@ -438,14 +456,13 @@ impl Chain {
     }
 
     /// Fills iovecs for the non-empty windows into `out`; returns how many.
-    /// The iovecs stay valid while the chain's buffers are alive and owned.
-    pub(crate) fn fill_iovecs(&mut self, out: &mut [libc::iovec]) -> usize {
+    /// `out` has room for every segment a chain can hold, so none is ever
+    /// left out. The iovecs stay valid while the chain's buffers are alive
+    /// and owned.
+    pub(crate) fn fill_iovecs(&mut self, out: &mut [libc::iovec; MAX_SEGMENTS]) -> usize {
         let mut count = 0;
-        for segment in self.segments_mut() {
-            if segment.is_empty() || count == out.len() {
-                continue;
-            }
-            out[count] = segment.iovec();
+        for (segment, iov) in self.segments_mut().filter(|s| !s.is_empty()).zip(out) {
+            *iov = segment.iovec();
             count += 1;
         }
         count
@@ -519,6 +536,21 @@ mod tests {
         let lens: Vec<usize> = chain.segments().map(Segment::len).collect();
         assert_eq!(lens, [96, 104]);
         assert_eq!(chain.segments().next().unwrap().start(), 4000);
+    }
+
+    #[test]
+    fn fill_iovecs_covers_a_full_chain_and_skips_empty_windows() {
+        let mut pool = Pool::new(MAX_SEGMENTS);
+        let mut chain = chain_of(&mut pool, &[4096; MAX_SEGMENTS]);
+        let mut iov = [libc::iovec {
+            iov_base: core::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_SEGMENTS];
+        assert_eq!(chain.fill_iovecs(&mut iov), MAX_SEGMENTS);
+        assert!(iov.iter().all(|v| v.iov_len == 4096));
+        chain.narrow(4096, 4096);
+        assert_eq!(chain.fill_iovecs(&mut iov), 1);
+        assert_eq!(iov[0].iov_len, 4096);
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! and the [`Waker`] other queues use to nudge this one.
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::buffer::Chain;
-use crate::jobs::QueueIo;
+use crate::jobs::{QueueId, QueueIo};
 use crate::readv::Incoming;
 
 /// A backing file registered with every queue's ring, by index.
@@ -57,11 +58,23 @@ pub enum BackingOp {
 /// the queue exactly once through [`QueueIo::reply`], [`QueueIo::reply_data`]
 /// or [`QueueIo::finish`] (possibly after backing I/O). Not `Clone`: a request
 /// cannot be answered twice.
+///
+/// A job belongs to the queue that issued it. It is not `Send`, so it cannot
+/// reach another queue's thread, and a queue refuses (with an error in the
+/// log) a job it did not issue, such as one kept from a queue that ended:
+///
+/// ```compile_fail
+/// fn needs_send<T: Send>() {}
+/// needs_send::<fuse_dev::Job>();
+/// ```
 #[must_use = "a request must be answered (reply, reply_data or finish)"]
 #[derive(Debug)]
 pub struct Job {
     pub(crate) index: u32,
     pub(crate) unique: u64,
+    pub(crate) queue: QueueId,
+    /// Keeps `Job` from being `Send` (and `Sync`).
+    pub(crate) not_send: PhantomData<*const ()>,
 }
 
 impl Job {
@@ -84,6 +97,13 @@ pub struct Completion<S> {
 
 /// Serves requests. One handler value per queue; share state between
 /// queues through `Arc`s inside it.
+///
+/// If the queue ends early (its ring fails, a device read fails, a buffer
+/// cannot be mapped, or a callback panics), no further callback comes: the
+/// queue answers every request it had taken with `EIO` itself, and then the
+/// handler value is dropped (during unwinding too). Whatever the handler
+/// holds on behalf of requests (locks other queues wait for) must therefore
+/// be released by its `Drop`.
 pub trait Handler {
     /// What the handler keeps about a request while its backing I/O runs.
     type State;

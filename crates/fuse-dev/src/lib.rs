@@ -17,6 +17,8 @@
 
 pub mod buffer;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod handler;
 pub mod init;
 mod jobs;
@@ -33,4 +35,4 @@ pub use init::{InitRequest, Negotiated};
 pub use jobs::QueueIo;
 pub use mount::{MountMethod, MountOptions};
 pub use readv::{Incoming, SpillLayout};
-pub use session::{QueueContext, Running, Session, Stopper, serve_fd};
+pub use session::{QueueContext, Queues, Running, Session, Stopper, serve_fd, serve_fds};

@@ -121,58 +121,8 @@ impl Session {
             fds.push(clone_device(&device)?);
         }
         fds.insert(0, device);
-        let wakers: Arc<[Waker]> = (0..queues)
-            .map(|_| Waker::new())
-            .collect::<io::Result<Vec<_>>>()?
-            .into();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ended_tx, ended) = crossbeam_channel::unbounded();
-        let factory = Arc::new(factory);
-        let mut threads = Vec::with_capacity(queues);
-        for (index, fuse_fd) in fds.into_iter().enumerate() {
-            let setup = QueueSetup {
-                index,
-                fuse_fd,
-                backing: backing.clone(),
-                config: config.clone(),
-                waker: wakers[index].clone(),
-                stop: stop.clone(),
-            };
-            let context = QueueContext {
-                index,
-                wakers: wakers.clone(),
-            };
-            let factory = factory.clone();
-            let ended_tx: Sender<usize> = ended_tx.clone();
-            let stopper = Stopper {
-                stop: stop.clone(),
-                wakers: wakers.clone(),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("fuse-queue-{index}"))
-                .spawn(move || {
-                    // Reports the end even if the queue panics, so that the
-                    // main thread never waits for a queue that is gone.
-                    let mut notice = EndNotice {
-                        index,
-                        ended: ended_tx,
-                        stopper,
-                        failed: true,
-                    };
-                    let mut handler = factory(context);
-                    let result = run_queue(setup, &mut handler);
-                    match &result {
-                        Ok(_) => notice.failed = false,
-                        Err(err) => log::error!("queue {index} failed: {err}"),
-                    }
-                    result
-                })?;
-            threads.push(thread);
-        }
         let running = Running {
-            threads,
-            stopper: Stopper { stop, wakers },
-            ended,
+            queues: serve_fds(fds, config, backing, factory)?,
             mount,
         };
         // The kernel keeps i_size at 0 until a GETATTR; until then O_DIRECT
@@ -182,6 +132,90 @@ impl Session {
         }
         Ok(running)
     }
+}
+
+/// Runs one queue thread per fd, each with a handler built by `factory`:
+/// what [`Session::start`] does after mounting, and what tests use with
+/// fake devices (one end of a `SOCK_SEQPACKET` socketpair per queue, see
+/// [`serve_fd`]). A queue that fails or panics stops the others.
+pub fn serve_fds<H, F>(
+    fds: Vec<OwnedFd>,
+    config: QueueConfig,
+    backing: Vec<RawFd>,
+    factory: F,
+) -> io::Result<Queues>
+where
+    H: Handler,
+    F: Fn(QueueContext) -> H + Send + Sync + 'static,
+{
+    let queues = fds.len();
+    let wakers: Arc<[Waker]> = (0..queues)
+        .map(|_| Waker::new())
+        .collect::<io::Result<Vec<_>>>()?
+        .into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ended_tx, ended) = crossbeam_channel::unbounded();
+    let factory = Arc::new(factory);
+    let stopper = Stopper {
+        stop: stop.clone(),
+        wakers: wakers.clone(),
+    };
+    let mut threads = Vec::with_capacity(queues);
+    for (index, fuse_fd) in fds.into_iter().enumerate() {
+        let setup = QueueSetup {
+            index,
+            fuse_fd,
+            backing: backing.clone(),
+            config: config.clone(),
+            waker: wakers[index].clone(),
+            stop: stop.clone(),
+        };
+        let context = QueueContext {
+            index,
+            wakers: wakers.clone(),
+        };
+        let factory = factory.clone();
+        let ended_tx: Sender<usize> = ended_tx.clone();
+        let queue_stopper = stopper.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("fuse-queue-{index}"))
+            .spawn(move || {
+                // Reports the end even if the queue panics, so that the
+                // main thread never waits for a queue that is gone.
+                let mut notice = EndNotice {
+                    index,
+                    ended: ended_tx,
+                    stopper: queue_stopper,
+                    failed: true,
+                };
+                let mut handler = factory(context);
+                let result = run_queue(setup, &mut handler);
+                match &result {
+                    Ok(_) => notice.failed = false,
+                    Err(err) => log::error!("queue {index} failed: {err}"),
+                }
+                result
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(err) => {
+                // The queues already started must not serve a connection
+                // that is missing one.
+                let started = Queues {
+                    threads,
+                    stopper,
+                    ended,
+                };
+                let _ = started.shutdown();
+                return Err(err);
+            }
+        }
+    }
+    Ok(Queues {
+        threads,
+        stopper,
+        ended,
+    })
 }
 
 /// Runs a single queue on the calling thread over an already connected fd
@@ -294,16 +328,15 @@ impl Stopper {
     }
 }
 
-/// Queues that are serving.
+/// Queue threads that are serving (see [`serve_fds`]).
 #[derive(Debug)]
-pub struct Running {
+pub struct Queues {
     threads: Vec<JoinHandle<io::Result<QueueReport>>>,
     stopper: Stopper,
     ended: Receiver<usize>,
-    mount: Mount,
 }
 
-impl Running {
+impl Queues {
     /// A handle that stops the queues.
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
@@ -315,13 +348,8 @@ impl Running {
         &self.ended
     }
 
-    /// The mountpoint.
-    pub fn mountpoint(&self) -> &Path {
-        self.mount.mountpoint()
-    }
-
-    /// Stops the queues, waits for them to finish every request in flight,
-    /// then unmounts. Returns each queue's report, or the first error.
+    /// Stops the queues and waits for them to finish every request in
+    /// flight. Returns each queue's report, or the first error.
     pub fn shutdown(mut self) -> io::Result<Vec<QueueReport>> {
         self.stopper.stop();
         let mut reports = Vec::new();
@@ -337,12 +365,45 @@ impl Running {
                 }
             }
         }
-        // Every device fd is closed now (the queues own them), so unmounting
-        // cannot wait on this process.
-        let unmounted = self.mount.unmount();
         match first_error {
             Some(err) => Err(err),
-            None => unmounted.map(|()| reports),
+            None => Ok(reports),
         }
+    }
+}
+
+/// Queues that are serving a mount.
+#[derive(Debug)]
+pub struct Running {
+    queues: Queues,
+    mount: Mount,
+}
+
+impl Running {
+    /// A handle that stops the queues.
+    pub fn stopper(&self) -> Stopper {
+        self.queues.stopper()
+    }
+
+    /// Receives the index of each queue as it ends (after an unmount, an
+    /// abort, a failure or a stop).
+    pub fn ended(&self) -> &Receiver<usize> {
+        self.queues.ended()
+    }
+
+    /// The mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        self.mount.mountpoint()
+    }
+
+    /// Stops the queues, waits for them to finish every request in flight,
+    /// then unmounts. Returns each queue's report, or the first error.
+    pub fn shutdown(self) -> io::Result<Vec<QueueReport>> {
+        let Running { queues, mut mount } = self;
+        let result = queues.shutdown();
+        // Every device fd is closed now (the queues own them), so unmounting
+        // cannot wait on this process.
+        let unmounted = mount.unmount();
+        result.and_then(|reports| unmounted.map(|()| reports))
     }
 }
