@@ -148,8 +148,8 @@ impl Drop for Probe {
                 && Instant::now() < deadline
             {
                 for ring in &mut self.rings {
-                    let _ = ring.submit_and_wait(1, Some(Duration::from_millis(10)));
-                    ring.reap(|_, _| {});
+                    let _ = ring.wait(Duration::from_millis(10));
+                    ring.reap(|_| {});
                 }
             }
         }
@@ -299,7 +299,7 @@ impl Probe {
         for index in 0..DEPTH {
             ring.register(index).expect("registering an entry");
         }
-        ring.submit_and_wait(0, None).expect("submitting REGISTERs");
+        ring.submit().expect("submitting REGISTERs");
     }
 
     fn register_all(&mut self) {
@@ -316,9 +316,9 @@ impl Probe {
                 return Some(event);
             }
             for (qid, ring) in self.rings.iter_mut().enumerate() {
-                let _ = ring.submit_and_wait(1, Some(Duration::from_millis(5)));
+                let _ = ring.wait(Duration::from_millis(5));
                 let pending = &mut self.pending;
-                ring.reap(|_, event| pending.push_back((qid, event)));
+                ring.reap(|event| pending.push_back((qid, event)));
             }
             if self.pending.is_empty() && Instant::now() >= deadline {
                 return None;
@@ -356,8 +356,7 @@ impl Probe {
             }
         }
         ring.commit(entry).expect("committing");
-        ring.submit_and_wait(0, None)
-            .expect("submitting the commit");
+        ring.submit().expect("submitting the commit");
         opcode
     }
 
@@ -525,9 +524,9 @@ fn register_before_the_init_reply_is_eagain_and_works_after_it() {
     };
     let mut early = RingQueue::new(probe.device().as_fd(), &[], &setup).expect("creating a ring");
     early.register(0).expect("queueing REGISTER");
-    early.submit_and_wait(1, Some(TIMEOUT)).expect("submitting");
+    early.wait(TIMEOUT).expect("submitting");
     let mut events = Vec::new();
-    early.reap(|_, event| events.push(event));
+    early.reap(|event| events.push(event));
     assert_eq!(
         events,
         vec![RingEvent::Ended {
@@ -620,7 +619,7 @@ fn commit_of_an_unknown_id_is_enoent_and_changes_nothing() {
     // SAFETY: `unknown` is odd, so no request of this connection has it:
     // the kernel cannot find (and so cannot commit) any entry's request.
     unsafe { probe.rings[qid].commit_with_id(entry, unknown) }.unwrap();
-    probe.rings[qid].submit_and_wait(0, None).unwrap();
+    probe.rings[qid].submit().unwrap();
     match probe.next_event(TIMEOUT) {
         Some((q, RingEvent::Ended { entry: e, errno })) => {
             assert_eq!((q, e), (qid, entry));
@@ -731,7 +730,7 @@ fn unmount_completes_every_waiting_entry_with_enotconn() {
     );
     // Nothing can be registered on the dead connection.
     probe.rings[0].register(0).unwrap();
-    probe.rings[0].submit_and_wait(0, None).unwrap();
+    probe.rings[0].submit().unwrap();
     match probe.next_event(TIMEOUT) {
         Some((0, RingEvent::Ended { entry: 0, errno })) => {
             assert_eq!(errno, libc::ENOTCONN, "REGISTER after unmount")
@@ -794,7 +793,7 @@ fn abort_ends_entries_in_flight_and_the_request_held() {
         .write_reply(entry, reply.as_bytes())
         .unwrap();
     probe.rings[qid].commit(entry).unwrap();
-    probe.rings[qid].submit_and_wait(0, None).unwrap();
+    probe.rings[qid].submit().unwrap();
     match probe.next_event(TIMEOUT) {
         Some((q, RingEvent::Ended { entry: e, errno })) => {
             assert_eq!((q, e), (qid, entry));

@@ -29,9 +29,11 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fuse_proto::abi::UringReqHeader;
-use zerocopy::FromBytes;
+use fuse_proto::abi::{InHeader, OutHeader, UringReqHeader};
+use fuse_proto::reply::OUT_HEADER_LEN;
+use zerocopy::{FromBytes, IntoBytes};
 
+use super::ring::{Delivered, RingError};
 use crate::buffer::{AlignedBuf, PAGE_SIZE};
 
 /// Bytes of one entry's header buffer (`sizeof(struct fuse_uring_req_header)`).
@@ -196,6 +198,8 @@ impl std::error::Error for EntryBusy {}
 /// One queue's ring entries: the queue's side of [`EntryMemory`].
 pub struct RingEntries {
     memory: Arc<EntryMemory>,
+    /// The `commit_id` of the request each entry holds (0: none).
+    commit_ids: Box<[u64]>,
     /// Entries whose payload held data since it was last given back to the
     /// kernel (see [`RingEntries::release_idle`]).
     dirty: Box<[bool]>,
@@ -262,6 +266,7 @@ impl RingEntries {
                 iovecs,
                 flags,
             }),
+            commit_ids: vec![0; depth].into_boxed_slice(),
             dirty: vec![false; depth].into_boxed_slice(),
         })
     }
@@ -316,14 +321,119 @@ impl RingEntries {
 
     /// The completion of entry `index`'s command was reaped: the kernel is
     /// done with its memory until the next command. With `delivered`, a
-    /// request now sits in the entry.
+    /// request now sits in the entry. (A command the kernel refused, such
+    /// as a commit naming an unknown id, leaves what the entry held.)
     pub(crate) fn returned_from_kernel(&mut self, index: usize, delivered: bool) {
         self.memory.flags[index]
             .in_kernel
             .store(false, Ordering::Release);
         if delivered {
             self.dirty[index] = true;
+            self.commit_ids[index] = self
+                .header(index)
+                .map(|h| h.ring_ent_in_out.commit_id)
+                .unwrap_or(0);
         }
+    }
+
+    /// The `commit_id` of the request entry `index` holds (0 if none).
+    pub fn commit_id(&self, index: usize) -> u64 {
+        self.commit_ids[index]
+    }
+
+    /// Forgets the request entry `index` held (the kernel ended it).
+    pub(crate) fn forget_request(&mut self, index: usize) {
+        self.commit_ids[index] = 0;
+    }
+
+    /// The request entry `index` holds.
+    pub fn delivered(&self, index: usize) -> Result<Delivered<'_>, RingError> {
+        if self.commit_ids[index] == 0 {
+            return Err(RingError::NothingDelivered);
+        }
+        let header = self.header(index)?;
+        // The payload is read through the lease while it is lent.
+        let payload = self.payload(index)?;
+        let in_header = InHeader::read_from_prefix(&header.in_out)
+            .map(|(h, _)| h)
+            .map_err(|_| RingError::NothingDelivered)?;
+        let payload_len = self.delivered_payload_len(index);
+        let op_len = (in_header.len as usize)
+            .saturating_sub(size_of::<InHeader>() + payload_len)
+            .min(header.op_in.len());
+        Ok(Delivered {
+            header: in_header,
+            op: &header.op_in[..op_len],
+            payload: &payload[..payload_len],
+            commit_id: header.ring_ent_in_out.commit_id,
+        })
+    }
+
+    /// Bytes the kernel wrote into entry `index`'s payload with the request
+    /// it holds (0 while it is in the kernel).
+    pub fn delivered_payload_len(&self, index: usize) -> usize {
+        self.header(index).map_or(0, |h| {
+            (h.ring_ent_in_out.payload_sz as usize).min(self.memory.payload_len)
+        })
+    }
+
+    /// Stores a reply (`fuse_out_header` + arguments, as sent on
+    /// `/dev/fuse`) in entry `index`: the header goes to the header buffer,
+    /// the arguments to the payload buffer.
+    pub fn write_reply(&mut self, index: usize, reply: &[u8]) -> Result<(), RingError> {
+        let Some((out, args)) = reply.split_at_checked(OUT_HEADER_LEN) else {
+            return Err(RingError::ReplyTooShort(reply.len()));
+        };
+        self.write_reply_parts(index, out, &[args])
+    }
+
+    /// Stores a reply whose arguments come in pieces, copying them one after
+    /// another into the payload.
+    pub fn write_reply_parts(
+        &mut self,
+        index: usize,
+        out_header: &[u8],
+        args: &[&[u8]],
+    ) -> Result<(), RingError> {
+        let Ok((out, _)) = OutHeader::read_from_prefix(out_header) else {
+            return Err(RingError::ReplyTooShort(out_header.len()));
+        };
+        let total: usize = args.iter().map(|a| a.len()).sum();
+        let capacity = self.payload_len();
+        if total > capacity {
+            return Err(RingError::ReplyTooLarge {
+                payload: total,
+                capacity,
+            });
+        }
+        let payload = self.payload_mut(index)?;
+        let mut at = 0;
+        for arg in args {
+            payload[at..at + arg.len()].copy_from_slice(arg);
+            at += arg.len();
+        }
+        self.set_reply_header(index, out, total)
+    }
+
+    /// Stores the out header of a reply whose `payload_len` argument bytes
+    /// are already at the start of the entry's payload buffer.
+    pub fn set_reply_header(
+        &mut self,
+        index: usize,
+        out: OutHeader,
+        payload_len: usize,
+    ) -> Result<(), RingError> {
+        let capacity = self.payload_len();
+        if payload_len > capacity {
+            return Err(RingError::ReplyTooLarge {
+                payload: payload_len,
+                capacity,
+            });
+        }
+        let header = self.header_mut(index)?;
+        header.in_out[..OUT_HEADER_LEN].copy_from_slice(out.as_bytes());
+        header.ring_ent_in_out.payload_sz = payload_len as u32;
+        Ok(())
     }
 
     /// The header of entry `index`, while this process holds the entry.

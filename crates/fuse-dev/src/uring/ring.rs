@@ -1,45 +1,43 @@
-//! One ring queue: an `SQE128` io_uring, the queue's `/dev/fuse` fd as its
-//! fixed file 0, and the queue's [`RingEntries`].
+//! The ring protocol on one queue's `SQE128` io_uring: REGISTER and
+//! COMMIT_AND_FETCH of [`RingEntries`], and what their completions mean.
 //!
-//! [`RingQueue`] speaks the ring protocol: [`RingQueue::register`] hands an
-//! entry to the kernel, a completion with result 0 means a request now sits
-//! in that entry ([`RingQueue::delivered`] shows it),
-//! [`RingQueue::write_reply`] stores a reply in the entry and
-//! [`RingQueue::commit`] hands it back (COMMIT_AND_FETCH), which also waits
-//! for the entry's next request. The same ring carries any other I/O the
-//! queue wants completed on its thread (backing I/O, wake-ups), with user
-//! data outside [`ENTRY_KIND`].
+//! The queue's `/dev/fuse` fd is the ring's fixed file 0. A completion with
+//! result 0 of an entry's command means a request now sits in that entry
+//! ([`RingEntries::delivered`] shows it); the reply is stored in the entry
+//! and handed back with COMMIT_AND_FETCH, which also waits for the entry's
+//! next request. The same ring carries the queue's other I/O (backing I/O,
+//! wake-ups) with user data of other kinds.
 //!
 //! The ring is created with `SINGLE_ISSUER | DEFER_TASKRUN`: it must be
 //! created and driven by one thread, and the kernel writes requests into
-//! entries only while that thread waits in [`RingQueue::submit_and_wait`].
-//! That is what makes [`RingQueue::release_idle`] safe.
+//! entries only while that thread waits for completions. That is what makes
+//! [`RingEntries`]' idle release safe.
+//!
+//! [`RingQueue`] bundles a ring with its entries behind a safe interface,
+//! for probing the kernel (the conformance tests); the serving loop
+//! (`uring::queue`) uses the same operations on the ring its guard owns.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
-use fuse_proto::abi::{InHeader, OutHeader};
-use fuse_proto::reply::OUT_HEADER_LEN;
+use fuse_proto::abi::InHeader;
 use io_uring::{IoUring, cqueue, squeue, types};
-use zerocopy::{FromBytes, IntoBytes};
 
 use super::cmd;
 use super::entries::{EntryBusy, RingEntries};
+use crate::jobs::{KIND_SHIFT, split_user_data, user_data};
+use crate::ring_guard::Ring;
+
+/// A queue's ring: `SQE128` entries, counted by the ring guard.
+pub(crate) type EntryRing = Ring<squeue::Entry128>;
 
 /// Fixed file index of the queue's `/dev/fuse` fd; other files follow.
 pub const DEVICE: types::Fixed = types::Fixed(0);
 
-/// Bits of user data that say what a completion belongs to.
-pub const KIND_SHIFT: u32 = 56;
 /// The user-data kind of entry commands (REGISTER, COMMIT_AND_FETCH); the
 /// low bits are the entry index.
-pub const ENTRY_KIND: u64 = 0x10;
-
-/// User data of entry `index`'s commands.
-fn entry_user_data(index: usize) -> u64 {
-    ENTRY_KIND << KIND_SHIFT | index as u64
-}
+pub(crate) const KIND_ENTRY: u64 = 0x10;
 
 /// A completion, sorted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +46,8 @@ pub enum RingEvent {
     Delivered(usize),
     /// The entry's command ended without a request: the kernel refused it
     /// or the connection ended (`errno` is positive: `ENOTCONN` after an
-    /// unmount, `ECONNABORTED` after an abort, `EAGAIN` before INIT ...).
+    /// unmount or abort, `ECONNABORTED` for a command after an abort,
+    /// `EAGAIN` before INIT, `ENOENT` for an unknown commit id ...).
     Ended {
         /// The entry.
         entry: usize,
@@ -123,6 +122,15 @@ impl From<EntryBusy> for RingError {
     }
 }
 
+impl From<RingError> for io::Error {
+    fn from(err: RingError) -> io::Error {
+        match err {
+            RingError::Io(err) => err,
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
 /// How a ring queue is built.
 #[derive(Debug, Clone)]
 pub struct RingSetup {
@@ -133,17 +141,149 @@ pub struct RingSetup {
     /// Bytes of each payload buffer: at least the ring's `max_payload_sz`,
     /// `max(8192, max_write, max_pages * 4096)`.
     pub payload_len: usize,
-    /// Submission slots beyond one per entry (for other I/O on the ring).
+    /// Operations in flight beyond one command per entry (other I/O).
     pub extra_sqes: u32,
 }
 
-/// One ring queue (see the module documentation).
+/// Creates a queue's `SQE128` ring on the calling thread (which must be the
+/// only one to drive it), with `device` as fixed file 0 and `extra_files`
+/// after it, for up to `capacity` operations in flight.
+pub(crate) fn build_ring(
+    device: BorrowedFd<'_>,
+    extra_files: &[RawFd],
+    capacity: usize,
+) -> io::Result<EntryRing> {
+    // One more than the capacity: the ring guard's own cancellation.
+    let sq = u32::try_from((capacity + 1).next_power_of_two())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ring queue too deep"))?;
+    let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_cqsize(sq * 2)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(sq)?;
+    let mut files = vec![device.as_raw_fd()];
+    files.extend_from_slice(extra_files);
+    ring.submitter().register_files(&files)?;
+    Ok(Ring::new(ring, capacity))
+}
+
+/// Queues a REGISTER of entry `index` for queue `qid`.
+pub(crate) fn push_register(
+    ring: &mut EntryRing,
+    entries: &mut RingEntries,
+    qid: u16,
+    index: usize,
+) -> Result<(), RingError> {
+    let iovecs = entries.hand_to_kernel(index)?;
+    entries.forget_request(index);
+    // SAFETY: `iovecs` and the buffers they describe live in the entries'
+    // shared memory, which is never unmapped while an entry is marked as in
+    // the kernel (it was just marked); the mark is cleared only when this
+    // command's completion is sorted by `sort_completion`.
+    let sqe = unsafe { cmd::register(DEVICE, iovecs, qid) };
+    push_entry_command(
+        ring,
+        entries,
+        index,
+        sqe.user_data(user_data(KIND_ENTRY, index)),
+    )
+}
+
+/// Queues COMMIT_AND_FETCH of entry `index` for queue `qid` for the request
+/// it holds: the kernel takes the reply stored in the entry and the entry
+/// waits for its next request.
+pub(crate) fn push_commit(
+    ring: &mut EntryRing,
+    entries: &mut RingEntries,
+    qid: u16,
+    index: usize,
+) -> Result<(), RingError> {
+    let commit_id = entries.commit_id(index);
+    if commit_id == 0 {
+        return Err(RingError::NothingDelivered);
+    }
+    // SAFETY: the id is the one the kernel delivered into this entry, so
+    // the kernel commits this entry.
+    unsafe { push_commit_with_id(ring, entries, qid, index, commit_id) }
+}
+
+/// COMMIT_AND_FETCH through entry `index` naming `commit_id`.
+///
+/// # Safety
+/// `commit_id` must not be the id of a request delivered to any other entry
+/// of queue `qid` on this connection: the kernel finds the entry to commit
+/// by the request, and would hand that entry's buffers to the next request
+/// while this process believes it owns them.
+pub(crate) unsafe fn push_commit_with_id(
+    ring: &mut EntryRing,
+    entries: &mut RingEntries,
+    qid: u16,
+    index: usize,
+    commit_id: u64,
+) -> Result<(), RingError> {
+    let _ = entries.hand_to_kernel(index)?;
+    // SAFETY: the entry's buffers were registered and live in the entries'
+    // shared memory, never unmapped while the entry is marked as in the
+    // kernel (just marked, cleared when this command's completion is
+    // sorted); the caller guarantees that a request the kernel finds for
+    // the id sits in this entry.
+    let sqe = unsafe { cmd::commit_and_fetch(DEVICE, qid, commit_id) };
+    push_entry_command(
+        ring,
+        entries,
+        index,
+        sqe.user_data(user_data(KIND_ENTRY, index)),
+    )
+}
+
+fn push_entry_command(
+    ring: &mut EntryRing,
+    entries: &mut RingEntries,
+    index: usize,
+    sqe: squeue::Entry128,
+) -> Result<(), RingError> {
+    // SAFETY: the memory the command references is the entries' (see the
+    // callers), kept mapped while the entry is marked as in the kernel.
+    match unsafe { ring.push(&sqe) } {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            // Nothing was queued: the entry is ours again.
+            entries.returned_from_kernel(index, false);
+            Err(RingError::Io(err))
+        }
+    }
+}
+
+/// Sorts a completion reaped from the ring, updating the entries.
+pub(crate) fn sort_completion(entries: &mut RingEntries, user_data: u64, result: i32) -> RingEvent {
+    let (kind, index) = split_user_data(user_data);
+    if kind != KIND_ENTRY || index >= entries.depth() {
+        return RingEvent::Other { user_data, result };
+    }
+    let delivered = result == 0;
+    entries.returned_from_kernel(index, delivered);
+    if delivered {
+        RingEvent::Delivered(index)
+    } else {
+        RingEvent::Ended {
+            entry: index,
+            errno: -result,
+        }
+    }
+}
+
+/// Whether `user_data` belongs to an entry command.
+pub(crate) fn is_entry_command(user_data: u64) -> bool {
+    user_data >> KIND_SHIFT == KIND_ENTRY
+}
+
+/// One ring queue with its entries, as a safe interface for probing the
+/// kernel's ring protocol. Dropping it closes the ring; entries the kernel
+/// may still write into are never freed (see [`RingEntries`]).
 pub struct RingQueue {
-    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    ring: EntryRing,
     entries: RingEntries,
     qid: u16,
-    /// The `commit_id` of the request each entry holds (0: none).
-    commit_ids: Box<[u64]>,
 }
 
 impl std::fmt::Debug for RingQueue {
@@ -164,22 +304,11 @@ impl RingQueue {
         setup: &RingSetup,
     ) -> io::Result<RingQueue> {
         let entries = RingEntries::new(setup.depth, setup.payload_len)?;
-        let sq = (setup.depth as u32 + setup.extra_sqes)
-            .max(1)
-            .next_power_of_two();
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-            .setup_cqsize(sq * 2)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(sq)?;
-        let mut files = vec![device.as_raw_fd()];
-        files.extend_from_slice(extra_files);
-        ring.submitter().register_files(&files)?;
+        let ring = build_ring(device, extra_files, setup.depth + setup.extra_sqes as usize)?;
         Ok(RingQueue {
             ring,
             entries,
             qid: setup.qid,
-            commit_ids: vec![0; setup.depth].into_boxed_slice(),
         })
     }
 
@@ -193,7 +322,7 @@ impl RingQueue {
         &self.entries
     }
 
-    /// The entries, mutably (to lend payloads).
+    /// The entries, mutably (to store replies, lend payloads).
     pub fn entries_mut(&mut self) -> &mut RingEntries {
         &mut self.entries
     }
@@ -201,121 +330,43 @@ impl RingQueue {
     /// Queues a REGISTER of entry `index` (submitted with the next
     /// [`Self::submit_and_wait`]).
     pub fn register(&mut self, index: usize) -> Result<(), RingError> {
-        let iovecs = self.entries.hand_to_kernel(index)?;
-        // SAFETY: `iovecs` and the buffers they describe live in the entries'
-        // shared memory, which is never unmapped while an entry is marked as
-        // in the kernel (it was just marked); the mark is cleared only when
-        // this command's completion is reaped in `reap`.
-        let sqe = unsafe { cmd::register(DEVICE, iovecs, self.qid) };
-        self.commit_ids[index] = 0;
-        self.push_entry_command(sqe.user_data(entry_user_data(index)))
+        push_register(&mut self.ring, &mut self.entries, self.qid, index)
     }
 
     /// The request entry `index` holds.
     pub fn delivered(&self, index: usize) -> Result<Delivered<'_>, RingError> {
-        if self.commit_ids[index] == 0 {
-            return Err(RingError::NothingDelivered);
-        }
-        let header = self.entries.header(index)?;
-        let payload = self.entries.payload(index)?;
-        let in_header = InHeader::read_from_prefix(&header.in_out)
-            .map(|(h, _)| h)
-            .map_err(|_| RingError::NothingDelivered)?;
-        let payload_len =
-            (header.ring_ent_in_out.payload_sz as usize).min(self.entries.payload_len());
-        let op_len = (in_header.len as usize)
-            .saturating_sub(size_of::<InHeader>() + payload_len)
-            .min(header.op_in.len());
-        Ok(Delivered {
-            header: in_header,
-            op: &header.op_in[..op_len],
-            payload: &payload[..payload_len],
-            commit_id: header.ring_ent_in_out.commit_id,
-        })
+        self.entries.delivered(index)
     }
 
     /// The `commit_id` of the request entry `index` holds (0 if none).
     pub fn commit_id(&self, index: usize) -> u64 {
-        self.commit_ids[index]
+        self.entries.commit_id(index)
     }
 
-    /// Stores a reply (`fuse_out_header` + arguments, as sent on
-    /// `/dev/fuse`) in entry `index`: the header goes to the header buffer,
-    /// the arguments to the payload buffer.
+    /// Stores a reply in entry `index` (see [`RingEntries::write_reply`]).
     pub fn write_reply(&mut self, index: usize, reply: &[u8]) -> Result<(), RingError> {
-        let Some((out, args)) = reply.split_at_checked(OUT_HEADER_LEN) else {
-            return Err(RingError::ReplyTooShort(reply.len()));
-        };
-        self.write_reply_parts(index, out, &[args])
+        self.entries.write_reply(index, reply)
     }
 
-    /// Stores a reply whose arguments come in pieces (a data reply's header
-    /// and its data), copying them one after another into the payload.
+    /// Stores a reply from pieces (see [`RingEntries::write_reply_parts`]).
     pub fn write_reply_parts(
         &mut self,
         index: usize,
         out_header: &[u8],
         args: &[&[u8]],
     ) -> Result<(), RingError> {
-        let Ok((out, _)) = OutHeader::read_from_prefix(out_header) else {
-            return Err(RingError::ReplyTooShort(out_header.len()));
-        };
-        let total: usize = args.iter().map(|a| a.len()).sum();
-        let capacity = self.entries.payload_len();
-        if total > capacity {
-            return Err(RingError::ReplyTooLarge {
-                payload: total,
-                capacity,
-            });
-        }
-        let payload = self.entries.payload_mut(index)?;
-        let mut at = 0;
-        for arg in args {
-            payload[at..at + arg.len()].copy_from_slice(arg);
-            at += arg.len();
-        }
-        self.set_reply_header(index, out, total)
+        self.entries.write_reply_parts(index, out_header, args)
     }
 
-    /// Stores the out header of a reply whose `payload_len` argument bytes
-    /// are already at the start of the entry's payload buffer.
-    pub fn set_reply_header(
-        &mut self,
-        index: usize,
-        out: OutHeader,
-        payload_len: usize,
-    ) -> Result<(), RingError> {
-        let capacity = self.entries.payload_len();
-        if payload_len > capacity {
-            return Err(RingError::ReplyTooLarge {
-                payload: payload_len,
-                capacity,
-            });
-        }
-        let header = self.entries.header_mut(index)?;
-        header.in_out[..OUT_HEADER_LEN].copy_from_slice(out.as_bytes());
-        header.ring_ent_in_out.payload_sz = payload_len as u32;
-        Ok(())
-    }
-
-    /// Queues COMMIT_AND_FETCH of entry `index` for the request it holds:
-    /// the kernel takes the reply stored with [`Self::write_reply`] and the
-    /// entry waits for its next request.
+    /// Queues COMMIT_AND_FETCH of entry `index` for the request it holds.
     pub fn commit(&mut self, index: usize) -> Result<(), RingError> {
-        let commit_id = self.commit_ids[index];
-        if commit_id == 0 {
-            return Err(RingError::NothingDelivered);
-        }
-        // SAFETY: the id is the one the kernel delivered into this entry, so
-        // the kernel commits this entry.
-        unsafe { self.commit_with_id(index, commit_id) }
+        push_commit(&mut self.ring, &mut self.entries, self.qid, index)
     }
 
     /// Queues COMMIT_AND_FETCH through entry `index` naming `commit_id`,
     /// whatever request the entry holds. The kernel finds the entry to
     /// commit by the request with that id, not by the SQE; an id it does not
-    /// know fails with `ENOENT` and leaves every entry as it was. For probing
-    /// the kernel (conformance tests).
+    /// know fails with `ENOENT` and leaves every entry as it was.
     ///
     /// # Safety
     /// `commit_id` must not be the id of a request delivered to any other
@@ -323,124 +374,60 @@ impl RingQueue {
     /// `RingQueue`): the kernel would then hand *that* entry's buffers to the
     /// next request while this process believes it owns them.
     pub unsafe fn commit_with_id(&mut self, index: usize, commit_id: u64) -> Result<(), RingError> {
-        let _ = self.entries.hand_to_kernel(index)?;
-        // SAFETY: the entry's buffers were registered by `register` and live
-        // in the entries' shared memory, never unmapped while the entry is
-        // marked as in the kernel (just marked, cleared when this command's
-        // completion is reaped in `reap`); the caller guarantees that the
-        // kernel, if it finds a request for the id, finds it in this entry.
-        let sqe = unsafe { cmd::commit_and_fetch(DEVICE, self.qid, commit_id) };
-        self.push_entry_command(sqe.user_data(entry_user_data(index)))
-    }
-
-    fn push_entry_command(&mut self, sqe: squeue::Entry128) -> Result<(), RingError> {
-        // SAFETY: the memory the command references is the entries' (see the
-        // callers), kept mapped while the entry is marked as in the kernel;
-        // the user data is an entry's.
-        unsafe { self.push_sqe(sqe) }.map_err(RingError::Io)
-    }
-
-    /// Queues any SQE, submitting first when the submission queue is full.
-    ///
-    /// # Safety
-    /// Memory the SQE references must stay valid until its completion, and
-    /// its user data must not use [`ENTRY_KIND`].
-    pub unsafe fn push(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.push_sqe(sqe) }
-    }
-
-    /// # Safety
-    /// As for [`Self::push`], except that entry commands may use [`ENTRY_KIND`].
-    unsafe fn push_sqe(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
-        loop {
-            // SAFETY: forwarded from the caller.
-            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-                return Ok(());
-            }
-            match self.ring.submit() {
-                Ok(_) => {}
-                // The kernel is busy with completions we have not reaped (the
-                // completion queue is sized so that this only slows us down).
-                Err(err) if matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) => {}
-                Err(err) => return Err(err),
-            }
+        unsafe {
+            push_commit_with_id(
+                &mut self.ring,
+                &mut self.entries,
+                self.qid,
+                index,
+                commit_id,
+            )
         }
     }
 
-    /// Submits what is queued and waits for at least `want` completions, or
-    /// until `timeout` passes. Returns false on timeout.
-    ///
-    /// The ring defers the kernel's completion work to this wait
-    /// (`DEFER_TASKRUN`): deliveries into entries are posted only while this
-    /// thread waits here with `want > 0`. With `want == 0` it only submits.
-    pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<bool> {
-        let result = match timeout {
-            _ if want == 0 => self.ring.submit(),
-            None => self.ring.submit_and_wait(want),
-            Some(timeout) => {
-                let ts = types::Timespec::from(timeout);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(want, &args)
-            }
-        };
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(false),
-            Err(err) if matches!(err.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(true),
-            Err(err) => Err(err),
-        }
+    /// Submits what is queued without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.ring.submit()
+    }
+
+    /// Submits what is queued and waits up to `timeout` for a completion;
+    /// returns false on timeout. The ring defers the kernel's completion
+    /// work to this wait (`DEFER_TASKRUN`): deliveries into entries are
+    /// posted only while this thread waits here.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        self.ring.submit_and_wait_for(1, timeout)
     }
 
     /// Reaps every completion now in the completion queue, updating the
     /// entries, and passes each one on.
-    pub fn reap(&mut self, mut each: impl FnMut(&mut RingQueue, RingEvent)) {
+    pub fn reap(&mut self, mut each: impl FnMut(RingEvent)) {
+        let mut reaped = [(0u64, 0i32); 32];
         loop {
-            let next = self.ring.completion().next();
-            let Some(cqe) = next else { break };
-            let event = self.sort(cqe.user_data(), cqe.result());
-            each(self, event);
-        }
-    }
-
-    fn sort(&mut self, user_data: u64, result: i32) -> RingEvent {
-        if user_data >> KIND_SHIFT != ENTRY_KIND {
-            return RingEvent::Other { user_data, result };
-        }
-        let index = (user_data & ((1 << KIND_SHIFT) - 1)) as usize;
-        if index >= self.entries.depth() {
-            return RingEvent::Other { user_data, result };
-        }
-        // A command that the kernel answered with -ENOENT (unknown commit
-        // id) never reached the entry's request: the entry still holds it.
-        let delivered = result == 0;
-        self.entries.returned_from_kernel(index, delivered);
-        if delivered {
-            self.commit_ids[index] = self
-                .entries
-                .header(index)
-                .map(|h| h.ring_ent_in_out.commit_id)
-                .unwrap_or(0);
-            RingEvent::Delivered(index)
-        } else {
-            RingEvent::Ended {
-                entry: index,
-                errno: -result,
+            let count = self.ring.reap(&mut reaped);
+            for &(user_data, result) in &reaped[..count] {
+                each(sort_completion(&mut self.entries, user_data, result));
+            }
+            if count < reaped.len() {
+                break;
             }
         }
     }
 
     /// Gives the resident pages of idle entries back (see
-    /// [`RingEntries::release_idle`]). Call only after [`Self::reap`] and
-    /// before the next [`Self::submit_and_wait`]. Returns how many entries
-    /// were released.
+    /// [`RingEntries`]); does nothing while completions wait to be reaped.
+    /// Returns how many entries were released.
     pub fn release_idle(&mut self) -> usize {
-        // SAFETY: the ring is DEFER_TASKRUN and SINGLE_ISSUER (see `new`), so
-        // the kernel only delivers into entries inside this thread's
-        // `submit_and_wait`, which cannot run during this call (`&mut self`);
-        // completions delivered before were reaped by `reap` (the caller's
-        // contract), and `release_idle` only discards entries that are in the
-        // kernel, i.e. whose delivery has not happened yet.
+        if self.ring.has_completions() {
+            // A delivery may be among them: its entry must not be discarded.
+            return 0;
+        }
+        // SAFETY: the ring is DEFER_TASKRUN and SINGLE_ISSUER (see
+        // `build_ring`), so the kernel delivers into entries only inside this
+        // thread's waits, which cannot run during this call (`&mut self`).
+        // Every completion of earlier waits has been reaped (checked above),
+        // so an entry marked as in the kernel has no delivery posted, and
+        // `release_idle` discards only such entries.
         unsafe { self.entries.release_idle() }
     }
 }
