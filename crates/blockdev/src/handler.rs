@@ -182,9 +182,20 @@ impl QueueHandler {
         Ok(chain)
     }
 
-    fn read(&mut self, job: Job, offset: u64, size: u32, io: &mut QueueIo<'_, Pending>) {
+    /// READ: the aligned range around the request is read into `own` (the
+    /// buffers the request arrived in) when its first buffer holds it, else
+    /// into a bounce buffer, and replied from there.
+    fn read(
+        &mut self,
+        job: Job,
+        offset: u64,
+        size: u32,
+        own: Chain,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
         let image_size = self.image().size();
         if offset >= image_size || size == 0 {
+            io.pool().give_chain(own);
             io.reply_data(job, Chain::new());
             return;
         }
@@ -192,11 +203,12 @@ impl QueueHandler {
         let (start, end) = aligned_range(offset, len, self.image().alignment());
         let span = (end - start) as usize;
         if span > self.export.bounce_len() {
+            io.pool().give_chain(own);
             log::error!("READ of {size} bytes exceeds the negotiated maximum");
             io.reply_error(job, Errno::EIO);
             return;
         }
-        match self.bounce(io, span) {
+        match self.read_destination(own, span, io) {
             Ok(chain) => io.submit(
                 job,
                 BackingOp::Read {
@@ -210,6 +222,34 @@ impl QueueHandler {
                 },
             ),
             Err(err) => io.reply_error(job, errno_of(&err)),
+        }
+    }
+
+    /// Where an aligned read of `span` bytes goes: the request's own first
+    /// buffer if it holds the whole span (no pool buffer needed; when the
+    /// request came through a FUSE-over-io_uring entry, that is the entry's
+    /// payload, so the data is read straight into the reply), else a bounce
+    /// buffer. The rest of `own` goes back to the pool.
+    fn read_destination(
+        &self,
+        mut own: Chain,
+        span: usize,
+        io: &mut QueueIo<'_, Pending>,
+    ) -> std::io::Result<Chain> {
+        let first = own.take_first();
+        io.pool().give_chain(own);
+        match first {
+            Some(first) if first.capacity() >= span => {
+                let mut chain = Chain::of(first);
+                chain.select(0, span);
+                Ok(chain)
+            }
+            other => {
+                if let Some(first) = other {
+                    io.pool().give_chain(Chain::of(first));
+                }
+                self.bounce(io, span)
+            }
         }
     }
 
@@ -800,6 +840,10 @@ impl Handler for QueueHandler {
                 io,
             );
         }
+        if let Op::Read { offset, size } = op {
+            // The request's own buffers may take the data.
+            return self.read(job, offset, size, incoming.into_buffers(), io);
+        }
         io.pool().give_chain(incoming.into_buffers());
         match op {
             Op::Getattr => io.reply(job, self.export.getattr_reply(unique, nodeid)),
@@ -810,7 +854,7 @@ impl Handler for QueueHandler {
             }
             Op::Setattr(arg) => self.setattr(job, arg, io),
             Op::Open { flags } => self.open(job, flags, io),
-            Op::Read { offset, size } => self.read(job, offset, size, io),
+
             Op::Statfs => io.reply(job, self.export.statfs_reply(unique)),
             Op::Release => io.reply(job, Reply::empty(unique)),
             Op::Sync { datasync } => {
@@ -836,8 +880,8 @@ impl Handler for QueueHandler {
                 log::debug!("{opcode} not supported");
                 io.reply_error(job, Errno::ENOSYS);
             }
-            // Handled above, before the buffers were given back.
-            Op::Write { .. } => {}
+            // Handled above, with the request's buffers.
+            Op::Write { .. } | Op::Read { .. } => {}
         }
     }
 

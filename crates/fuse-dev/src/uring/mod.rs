@@ -11,7 +11,9 @@
 //! * [`cmd`]: the two commands as SQE128 entries;
 //! * [`entries`]: the entries' memory and who may touch it when
 //!   ([`LentPayload`] is the payload lent to a request);
-//! * [`ring`]: one ring queue speaking the protocol ([`RingQueue`]);
+//! * [`ring`]: the protocol on one queue's ring ([`RingQueue`] for probing);
+//! * `queue`: a serving ring queue (the same [`Handler`](crate::Handler) and
+//!   job table as `readv`), `reply`: storing a reply in its entry;
 //! * [`cpus`]: how many queues the kernel wants, pinning;
 //! * [`enable`]: the kernel's `enable_uring` switch (read by the server,
 //!   turned on for tests and the lab by [`EnableUringGuard`]).
@@ -20,6 +22,8 @@ mod cmd;
 pub mod cpus;
 pub mod enable;
 pub mod entries;
+pub(crate) mod queue;
+mod reply;
 pub mod ring;
 
 pub use enable::{EnableUringGuard, GuardError, PARAM_PATH, ParamState, param_state};

@@ -26,7 +26,7 @@ use io_uring::{IoUring, cqueue, squeue, types};
 
 use super::cmd;
 use super::entries::{EntryBusy, RingEntries};
-use crate::jobs::{KIND_SHIFT, split_user_data, user_data};
+use crate::jobs::{split_user_data, user_data};
 use crate::ring_guard::Ring;
 
 /// A queue's ring: `SQE128` entries, counted by the ring guard.
@@ -204,7 +204,11 @@ pub(crate) fn push_commit(
     }
     // SAFETY: the id is the one the kernel delivered into this entry, so
     // the kernel commits this entry.
-    unsafe { push_commit_with_id(ring, entries, qid, index, commit_id) }
+    unsafe { push_commit_with_id(ring, entries, qid, index, commit_id) }?;
+    // Answered: the entry holds no request any more (if the kernel refuses
+    // the commit, the request is gone on its side too).
+    entries.forget_request(index);
+    Ok(())
 }
 
 /// COMMIT_AND_FETCH through entry `index` naming `commit_id`.
@@ -270,11 +274,6 @@ pub(crate) fn sort_completion(entries: &mut RingEntries, user_data: u64, result:
             errno: -result,
         }
     }
-}
-
-/// Whether `user_data` belongs to an entry command.
-pub(crate) fn is_entry_command(user_data: u64) -> bool {
-    user_data >> KIND_SHIFT == KIND_ENTRY
 }
 
 /// One ring queue with its entries, as a safe interface for probing the
