@@ -10,7 +10,9 @@
 //! Nested and parallel users (the test harness takes its own guard per
 //! server) share one record, so the value is restored when the last one
 //! ends (see `fuse_dev::uring::EnableUringGuard`). Exits with the command's
-//! status; 2 if the parameter cannot be turned on, with one line saying why.
+//! status. Where the parameter cannot be turned on (no such parameter, not
+//! root), it says so in a `SKIP:` line and runs the command anyway: the test
+//! harness then skips what needs the transport, one test at a time.
 
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -35,10 +37,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let guard = match EnableUringGuard::acquire() {
-        Ok(guard) => guard,
+        Ok(guard) => Some(guard),
         Err(err) => {
-            eprintln!("with_enable_uring: {err}");
-            return ExitCode::from(2);
+            eprintln!("SKIP: with_enable_uring: {err}; running the command without it");
+            None
         }
     };
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
