@@ -35,4 +35,6 @@ pub use init::{InitRequest, Negotiated};
 pub use jobs::QueueIo;
 pub use mount::{MountMethod, MountOptions};
 pub use readv::{Incoming, SpillLayout};
-pub use session::{QueueContext, Queues, Running, Session, Stopper, serve_fd, serve_fds};
+pub use session::{
+    QueueContext, Queues, Running, Session, Stopper, serve_fd, serve_fd_as_ring, serve_fds,
+};

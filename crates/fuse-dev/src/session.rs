@@ -190,6 +190,7 @@ impl Session {
                 waker: wakers[index].clone(),
                 stop: stop.clone(),
                 ending: ending.clone(),
+                fake_device: false,
             }));
         }
         runs.push(QueueRun::Readv(QueueSetup {
@@ -371,6 +372,46 @@ where
         stop: Arc::new(AtomicBool::new(false)),
     };
     run_queue(setup, &mut handler)
+}
+
+/// Runs a single FUSE-over-io_uring queue on the calling thread with a
+/// fake device instead of the kernel (tests): one end of a
+/// `SOCK_SEQPACKET` socketpair, where each message the peer sends is laid out
+/// the way the kernel fills a ring entry (the 288-byte
+/// `fuse_uring_req_header`, then the payload) and each reply comes back in
+/// the same layout (header, then `payload_sz` bytes). The peer closing is the
+/// end of the connection. The queue has `depth` entries with payload
+/// buffers of `payload_len` bytes.
+pub fn serve_fd_as_ring<H, F>(
+    fd: OwnedFd,
+    depth: usize,
+    payload_len: usize,
+    config: QueueConfig,
+    backing: Vec<RawFd>,
+    factory: F,
+) -> io::Result<QueueReport>
+where
+    H: Handler,
+    F: FnOnce(QueueContext) -> H,
+{
+    let waker = Waker::new()?;
+    let wakers: Arc<[Waker]> = vec![waker.clone()].into();
+    let mut handler = factory(QueueContext { index: 0, wakers });
+    let (quiet, _quiet_rx) = crossbeam_channel::unbounded();
+    let setup = UringSetup {
+        index: 0,
+        qid: 0,
+        fuse_fd: fd,
+        backing,
+        config,
+        depth: depth.max(1),
+        payload_len,
+        waker,
+        stop: Arc::new(AtomicBool::new(false)),
+        ending: Arc::new(UringEnding::new(quiet)),
+        fake_device: true,
+    };
+    run_uring_queue(setup, &mut handler)
 }
 
 /// The `FUSE_DEV_IOC_BACKING_OPEN` ioctl: its argument is read by the

@@ -20,6 +20,7 @@
 
 mod cmd;
 pub mod cpus;
+mod device;
 pub mod enable;
 pub mod entries;
 pub(crate) mod queue;

@@ -35,11 +35,10 @@ use fuse_proto::abi::InHeader;
 use fuse_proto::{Opcode, WRITE_HEADER_LEN};
 use io_uring::{opcode, squeue, types};
 
+use super::device::EntryDevice;
 use super::entries::RingEntries;
 use super::reply::{Stored, entry_of, store_reply};
-use super::ring::{
-    EntryRing, RingError, RingEvent, build_ring, push_commit, push_register, sort_completion,
-};
+use super::ring::{EntryRing, RingError, RingEvent, build_ring};
 use crate::buffer::Pool;
 use crate::config::{QueueConfig, QueueReport};
 use crate::handler::{Handler, Waker};
@@ -124,6 +123,9 @@ pub(crate) struct UringSetup {
     pub waker: Waker,
     pub stop: Arc<AtomicBool>,
     pub ending: Arc<UringEnding>,
+    /// Entry commands go to a fake device (tests without a kernel) rather
+    /// than to the kernel's FUSE-over-io_uring.
+    pub fake_device: bool,
 }
 
 /// What the kernel may point into while the queue's operations are in
@@ -133,6 +135,8 @@ struct UringMemory<S> {
     _device: OwnedFd,
     jobs: JobTable<S>,
     entries: RingEntries,
+    /// Where entry commands go.
+    device: EntryDevice,
     /// Jobs whose reply waits for their entry's payload to come back, with
     /// the entry.
     deferred: Vec<(usize, usize)>,
@@ -153,7 +157,7 @@ impl<S> KernelMemory for UringMemory<S> {
         if kind == KIND_JOB {
             self.jobs.reaped_after_end(index);
         } else {
-            let _ = sort_completion(&mut self.entries, user_data, result);
+            let _ = self.device.sort(&mut self.entries, user_data, result);
         }
     }
 
@@ -172,6 +176,7 @@ impl<S> KernelMemory for UringMemory<S> {
 struct RingReplies<'r> {
     ring: &'r mut EntryRing,
     entries: &'r mut RingEntries,
+    device: &'r mut EntryDevice,
     deferred: &'r mut Vec<(usize, usize)>,
     qid: u16,
 }
@@ -199,7 +204,8 @@ impl Transport for RingReplies<'_> {
         };
         match store_reply(self.entries, entry, reply.header, reply.data)? {
             Stored::Ready => {
-                push_commit(self.ring, self.entries, self.qid, entry)?;
+                self.device
+                    .commit(self.ring, self.entries, self.qid, entry)?;
                 Ok(Delivery::Done)
             }
             Stored::LeaseOut => {
@@ -229,6 +235,7 @@ pub(crate) fn run_uring_queue<H: Handler>(
         waker,
         stop,
         ending,
+        fake_device,
     } = setup;
     let quiet = QuietNotice {
         index,
@@ -238,9 +245,14 @@ pub(crate) fn run_uring_queue<H: Handler>(
     if let Err(err) = super::cpus::pin_current_thread(qid as usize) {
         log::debug!("queue {index}: not pinned to CPU {qid}: {err}");
     }
-    // An entry command per entry, a backing operation (or a deferred
+    let device = if fake_device {
+        EntryDevice::fake(depth)
+    } else {
+        EntryDevice::Kernel
+    };
+    // The entry commands of each entry, a backing operation (or a deferred
     // reply's NOP) per job, and the waker's read.
-    let bound = 2 * depth + 1;
+    let bound = (device.operations_per_entry() + 1) * depth + 1;
     let ring = build_ring(fuse_fd.as_fd(), &backing, bound)?;
     let backing_files = u32::try_from(backing.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many backing files"))?;
@@ -249,6 +261,7 @@ pub(crate) fn run_uring_queue<H: Handler>(
         // At most one request per entry is in progress.
         jobs: JobTable::new(index, depth, backing_files),
         entries: RingEntries::new(depth, payload_len)?,
+        device,
         deferred: Vec::with_capacity(depth),
         wake_buf: Box::new([0u8; 8]),
     };
@@ -274,7 +287,9 @@ pub(crate) fn run_uring_queue<H: Handler>(
     {
         let (ring, memory) = guard.parts();
         for entry in 0..depth {
-            push_register(ring, &mut memory.entries, qid, entry)?;
+            memory
+                .device
+                .register(ring, &mut memory.entries, qid, entry)?;
         }
     }
     let outcome = queue.serve(&mut guard, &mut pool, handler);
@@ -390,6 +405,7 @@ impl UringLoop {
                 let mut transport = RingReplies {
                     ring,
                     entries: &mut memory.entries,
+                    device: &mut memory.device,
                     deferred: &mut memory.deferred,
                     qid: self.qid,
                 };
@@ -416,7 +432,11 @@ impl UringLoop {
                 continue;
             };
             match store_reply(&mut memory.entries, entry, reply.header, reply.data)? {
-                Stored::Ready => push_commit(ring, &mut memory.entries, self.qid, entry)?,
+                Stored::Ready => {
+                    memory
+                        .device
+                        .commit(ring, &mut memory.entries, self.qid, entry)?
+                }
                 Stored::LeaseOut => {
                     memory.deferred.push((job, entry));
                     continue;
@@ -448,6 +468,7 @@ impl UringLoop {
                 let mut transport = RingReplies {
                     ring,
                     entries: &mut memory.entries,
+                    device: &mut memory.device,
                     deferred: &mut memory.deferred,
                     qid: self.qid,
                 };
@@ -462,13 +483,15 @@ impl UringLoop {
                 let mut transport = RingReplies {
                     ring,
                     entries: &mut memory.entries,
+                    device: &mut memory.device,
                     deferred: &mut memory.deferred,
                     qid: self.qid,
                 };
                 handler.wake(&mut QueueIo::new(&mut memory.jobs, pool, &mut transport));
             }
-            _ => match sort_completion(&mut memory.entries, data, result) {
-                RingEvent::Delivered(entry) => {
+            _ => match memory.device.sort(&mut memory.entries, data, result) {
+                None => {}
+                Some(RingEvent::Delivered(entry)) => {
                     self.report.requests += 1;
                     if self.stopping {
                         // Held: answered by the kernel (ECONNABORTED) when
@@ -477,10 +500,10 @@ impl UringLoop {
                     }
                     self.deliver(ring, memory, pool, handler, entry)?;
                 }
-                RingEvent::Ended { entry, errno } => {
+                Some(RingEvent::Ended { entry, errno }) => {
                     self.entry_ended(ring, memory, entry, errno)?
                 }
-                RingEvent::Other { .. } => {
+                Some(RingEvent::Other { .. }) => {
                     log::error!("queue {}: unexpected completion {data:#x}", self.index)
                 }
             },
@@ -530,6 +553,7 @@ impl UringLoop {
         let mut transport = RingReplies {
             ring,
             entries: &mut memory.entries,
+            device: &mut memory.device,
             deferred: &mut memory.deferred,
             qid: self.qid,
         };
@@ -549,7 +573,9 @@ impl UringLoop {
         let unique = memory.entries.commit_id(entry);
         let reply = fuse_proto::reply::Reply::error(unique, errno);
         memory.entries.write_reply(entry, reply.as_bytes())?;
-        push_commit(ring, &mut memory.entries, self.qid, entry)?;
+        memory
+            .device
+            .commit(ring, &mut memory.entries, self.qid, entry)?;
         Ok(())
     }
 
@@ -581,7 +607,9 @@ impl UringLoop {
             // a transient refusal: the entry waits for the next one.
             libc::ENOENT | libc::EINTR | libc::EAGAIN => {
                 if !(self.stopping || self.disconnected) {
-                    push_register(ring, &mut memory.entries, self.qid, entry)?;
+                    memory
+                        .device
+                        .register(ring, &mut memory.entries, self.qid, entry)?;
                 }
             }
             errno => {
