@@ -103,7 +103,9 @@ struct Args {
 enum Transport {
     /// FUSE-over-io_uring where the kernel offers it, otherwise readv.
     Auto,
-    /// FUSE-over-io_uring: ring entries per CPU; this server does the image I/O.
+    /// FUSE-over-io_uring (IORING_OP_URING_CMD, so also accepted as
+    /// uring-cmd): ring entries per CPU; this server does the image I/O.
+    #[value(alias = "uring-cmd")]
     Uring,
     /// io_uring READV on /dev/fuse; this server does the image I/O.
     Readv,

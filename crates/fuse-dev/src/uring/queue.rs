@@ -590,15 +590,18 @@ impl UringLoop {
         match errno {
             libc::ENOTCONN | libc::ECONNABORTED => {
                 if !self.disconnected {
-                    log::info!(
-                        "queue {}: connection ended ({})",
-                        self.index,
-                        if errno == libc::ENOTCONN {
-                            "unmounted or aborted"
-                        } else {
-                            "aborted"
-                        }
-                    );
+                    let why = if errno == libc::ENOTCONN {
+                        "unmounted or aborted"
+                    } else {
+                        "aborted"
+                    };
+                    // After a stop the session unmounts: that is expected.
+                    let level = if self.stopping {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Info
+                    };
+                    log::log!(level, "queue {}: connection ended ({why})", self.index);
                 }
                 self.disconnected = true;
                 memory.entries.forget_request(entry);
