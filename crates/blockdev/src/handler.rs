@@ -25,7 +25,7 @@ use fuse_proto::{Opcode, Operation};
 
 use crate::export::{DirectOpens, Export, Presentation, errno_of};
 use crate::image::Image;
-use crate::range_lock::LockId;
+use crate::range_lock::{LockId, MAX_QUEUES};
 
 /// The image is the only backing file, registered first.
 const IMAGE: BackingFile = BackingFile(0);
@@ -796,6 +796,20 @@ impl QueueHandler {
         }
         let used = records.len();
         io.reply_data(job, Chain::of(Segment::new(buf, 0, used)));
+    }
+}
+
+/// The queue ended (the handler goes with it). If it ended early, requests
+/// it will never finish may hold range locks that writes and resizes on the
+/// other queues wait for: release them and wake those queues.
+impl Drop for QueueHandler {
+    fn drop(&mut self) {
+        let waiting = self.export.locks().release_queue(self.queue);
+        for (queue, waker) in self.wakers.iter().enumerate() {
+            if queue != self.queue && waiting & (1 << (queue % MAX_QUEUES)) != 0 {
+                waker.wake();
+            }
+        }
     }
 }
 

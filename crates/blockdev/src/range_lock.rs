@@ -21,6 +21,8 @@ struct Held {
     start: u64,
     end: u64,
     id: LockId,
+    /// The queue whose request holds it.
+    queue: usize,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +67,12 @@ impl RangeLocks {
         }
         state.next_id += 1;
         let id = LockId(state.next_id);
-        state.held.push(Held { start, end, id });
+        state.held.push(Held {
+            start,
+            end,
+            id,
+            queue,
+        });
         Some(id)
     }
 
@@ -78,6 +85,23 @@ impl RangeLocks {
         } else {
             log::error!("unlock of a range lock that is not held: {id:?}");
         }
+        std::mem::take(&mut state.waiting_queues)
+    }
+
+    /// Releases every lock `queue` holds: the queue ended early and will
+    /// never finish the requests that took them. Returns the queues that
+    /// waited and must retry (cleared), or 0 if `queue` held nothing.
+    pub fn release_queue(&self, queue: usize) -> u64 {
+        let mut state = self.state();
+        let before = state.held.len();
+        state.held.retain(|h| h.queue != queue);
+        if state.held.len() == before {
+            return 0;
+        }
+        log::warn!(
+            "released {} range locks of queue {queue}, which ended early",
+            before - state.held.len()
+        );
         std::mem::take(&mut state.waiting_queues)
     }
 
@@ -102,6 +126,22 @@ mod tests {
         assert_eq!(locks.unlock(a), 0b10);
         assert_eq!(locks.unlock(b), 0);
         assert_eq!(locks.held(), 0);
+    }
+
+    #[test]
+    fn releasing_a_queue_frees_only_its_locks_and_reports_waiters() {
+        let locks = RangeLocks::new();
+        let _ = locks.try_lock(0, 4096, 0).unwrap();
+        let _ = locks.try_lock(8192, 12288, 0).unwrap();
+        let other = locks.try_lock(4096, 8192, 1).unwrap();
+        assert!(locks.try_lock(0, 4096, 2).is_none());
+        assert_eq!(locks.release_queue(0), 0b100);
+        assert_eq!(locks.held(), 1);
+        assert!(locks.try_lock(0, 4096, 2).is_some());
+        // Nothing held: nothing to report, and no waiter is forgotten.
+        assert!(locks.try_lock(4096, 8192, 3).is_none());
+        assert_eq!(locks.release_queue(0), 0);
+        assert_eq!(locks.unlock(other), 0b1000);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! A test arms faults for one device fd before the queue serving it starts;
 //! the queue finds them by the fd's identity (device and inode number), so
 //! tests running in parallel in one process do not see each other's faults.
+//! That identity is unique for a fake device (a socketpair); every fd of
+//! `/dev/fuse` shares the device node's, so faults armed on one reach every
+//! queue on a real mount in the process.
 //! Each fault is off until the test switches it on, and then stays on:
 //!
 //! * [`Faults::fail_pool_allocations`]: every buffer the queue's pool would

@@ -365,6 +365,9 @@ impl<S> QueueIo<'_, S> {
         // the CQE for this user_data is reaped (`job_done`, or the ring
         // guard after an early end, which frees the table only after that).
         if let Err(err) = unsafe { self.transport.submit_backing(&sqe) } {
+            // Nothing is in flight for it: the request is unanswered, and the
+            // queue ends (answering it on its way out).
+            self.jobs.entries[index].phase = Phase::Handler;
             self.jobs.fail(err);
         }
     }
@@ -426,7 +429,12 @@ impl<S> QueueIo<'_, S> {
         match unsafe { self.transport.deliver_reply(index, outgoing) } {
             Ok(Delivery::InFlight) => {}
             Ok(Delivery::Done) => self.jobs.release(index, self.pool),
-            Err(err) => self.jobs.fail(err),
+            Err(err) => {
+                // Nothing is in flight for it: the request is unanswered,
+                // and the queue ends (answering it on its way out).
+                self.jobs.entries[index].phase = Phase::Handler;
+                self.jobs.fail(err);
+            }
         }
     }
 }

@@ -12,8 +12,9 @@
 //! * [`readv`]: the transport that reads `/dev/fuse` with posted `READV`s.
 //! * [`uring`]: the FUSE-over-io_uring transport (ring entries per CPU).
 //!
-//! `unsafe` is confined to [`buffer`] (the mapped memory), the SQE building
-//! in `jobs` and [`readv`], and the ioctls in [`session`].
+//! `unsafe` is confined to [`buffer`] (the mapped memory), pushing SQEs
+//! (`ring_guard`) that point into memory the ring guard owns (built in
+//! `jobs` and [`readv`]), and the ioctls in [`session`].
 
 pub mod buffer;
 pub mod config;
