@@ -18,17 +18,16 @@ pub struct InitRequest {
     pub max_write: u32,
     /// Requests the kernel may keep in the background (async DIO, readahead).
     pub max_background: u16,
-    /// Extra capability flags wanted on top of the defaults.
+    /// Extra capability flags wanted on top of the defaults; granted where
+    /// offered. `InitFlags::OVER_IO_URING` asks for FUSE-over-io_uring
+    /// (offered only while the admin has set
+    /// `/sys/module/fuse/parameters/enable_uring`).
     pub extra_flags: InitFlags,
     /// The kernel's page limit per request (`fs.fuse.max_pages_limit`).
     pub max_pages_limit: u32,
     /// Ask for `FUSE_PASSTHROUGH` (the kernel does READ/WRITE on a backing
     /// file itself); granted only if offered.
     pub passthrough: bool,
-    /// Ask for `FUSE_OVER_IO_URING` (requests delivered to io_uring ring
-    /// entries); offered only while the admin has set
-    /// `/sys/module/fuse/parameters/enable_uring`, granted only if offered.
-    pub io_uring: bool,
 }
 
 /// The result of INIT.
@@ -122,9 +121,6 @@ pub fn negotiate(init: &InitIn, want: &InitRequest) -> Result<(InitOut, Negotiat
     let mut wanted = WANTED_FLAGS | want.extra_flags;
     if want.passthrough {
         wanted |= InitFlags::PASSTHROUGH;
-    }
-    if want.io_uring {
-        wanted |= InitFlags::OVER_IO_URING;
     }
     let mut flags = wanted & offered;
     if flags.high() != 0 && offered.contains(InitFlags::INIT_EXT) {
@@ -256,7 +252,6 @@ mod tests {
             extra_flags: InitFlags::EMPTY,
             max_pages_limit: 256,
             passthrough: false,
-            io_uring: false,
         }
     }
 
@@ -271,7 +266,7 @@ mod tests {
     #[test]
     fn io_uring_is_granted_only_when_offered_and_wanted() {
         let mut w = want(1 << 20);
-        w.io_uring = true;
+        w.extra_flags = InitFlags::OVER_IO_URING;
         let (out, n) = negotiate(&kernel_618_with_uring(), &w).unwrap();
         assert!(n.uring_offered());
         assert!(n.uring_granted());

@@ -273,7 +273,6 @@ impl Probe {
             extra_flags: InitFlags::EMPTY,
             max_pages_limit: max_pages_limit(),
             passthrough: false,
-            io_uring: false,
         };
         let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
         self.reply(

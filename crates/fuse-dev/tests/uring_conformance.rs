@@ -257,10 +257,9 @@ impl Probe {
         let want = InitRequest {
             max_write: MAX_WRITE,
             max_background: 64,
-            extra_flags: fuse_proto::flags::InitFlags::EMPTY,
+            extra_flags: fuse_proto::flags::InitFlags::OVER_IO_URING,
             max_pages_limit: max_pages_limit(),
             passthrough: false,
-            io_uring: true,
         };
         let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
         assert!(

@@ -334,10 +334,13 @@ fn run(args: Args) -> Result<(), Failure> {
     let init = InitRequest {
         max_write: max_write as u32,
         max_background: 256,
-        extra_flags: fuse_proto::flags::InitFlags::EMPTY,
+        extra_flags: if want_uring {
+            fuse_proto::flags::InitFlags::OVER_IO_URING
+        } else {
+            fuse_proto::flags::InitFlags::EMPTY
+        },
         max_pages_limit,
         passthrough: args.transport == Transport::Passthrough,
-        io_uring: want_uring,
     };
     let mut session = Session::mount(&mount_options, &init)
         .map_err(|err| Failure::usage(format!("mounting {}: {err}", args.mountpoint.display())))?;
