@@ -159,3 +159,76 @@ fn explicit_uring_without_the_switch_is_one_clear_error() {
         "the mountpoint it would have created is gone"
     );
 }
+
+/// With FUSE-over-io_uring, the pages a burst of large writes made resident
+/// in the ring entries are given back once the export is idle: the queue
+/// says so in its log, and the resident memory drops back to about what it
+/// was before the burst.
+#[test]
+fn a_burst_of_large_writes_gives_its_memory_back() {
+    if !skip_unless_fuse() || !require_tools(&["dd"]) {
+        return;
+    }
+    let _uring = match fuse_dev::uring::EnableUringGuard::acquire() {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("SKIP: {}: {err}", current_test_name());
+            return;
+        }
+    };
+    let dir = TestDir::new("uring-give-back");
+    let image = dir.join("disk.raw");
+    let mount = dir.join("disk.img");
+    create_sparse_file(&image, 256 * MIB);
+    let source = dir.join("source");
+    create_random_file(&source, 0xb0b, 32 * MIB);
+    let server = Server::export_with_env(
+        &dir,
+        &image,
+        &mount,
+        &["--transport", "uring"],
+        &[("RUST_LOG", "debug".as_ref())],
+    );
+    let before = server.resident_kib().expect("the server's VmRSS");
+    // Four writers at once, 1 MiB O_DIRECT writes: several entries per
+    // queue fill their whole payload buffer.
+    let writers: Vec<KillOnDrop> = (0..4u64)
+        .map(|i| {
+            KillOnDrop::spawn(&mut dd(&[
+                format!("if={}", source.display()),
+                format!("of={}", mount.display()),
+                "bs=1M".to_string(),
+                format!("seek={}", i * 32),
+                "oflag=direct".to_string(),
+                "conv=notrunc".to_string(),
+                "status=none".to_string(),
+            ]))
+        })
+        .collect();
+    for mut writer in writers {
+        let status = writer.wait_for_exit(COMMAND_TIMEOUT).expect("dd finished");
+        assert!(status.success(), "dd: {}", writer.stderr());
+    }
+    let released = poll_until(STOP_TIMEOUT, || {
+        server
+            .stderr()
+            .contains("gave back the pages of")
+            .then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "no ring queue gave its idle entries back; log:\n{}",
+        server.stderr()
+    );
+    // Every queue that served the burst releases its entries (one log line
+    // each); what stays are a few pool buffers of small size.
+    let settled = poll_until(STOP_TIMEOUT, || {
+        server.resident_kib().filter(|&now| now <= before + 1024)
+    });
+    assert!(
+        settled.is_some(),
+        "resident memory stayed at {:?} KiB (before the burst: {before} KiB)",
+        server.resident_kib()
+    );
+    server.stop();
+}

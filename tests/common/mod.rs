@@ -799,6 +799,19 @@ impl<'dir> Server<'dir> {
             .unwrap_or_else(|err| format!("<cannot read {}: {err}>", self.log.display()))
     }
 
+    /// The server's resident memory (`VmRSS`) in KiB, while it runs.
+    pub fn resident_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Sends `signal` to the server process, unless it has been reaped.
     pub fn signal(&self, signal: Signal) {
         if self.exit_status.is_none() {
