@@ -360,8 +360,10 @@ fn run(args: Args) -> Result<(), Failure> {
         Transport::Auto => {
             let why = uring_offered(fuse_dev::uring::param_state())
                 .err()
-                .unwrap_or_else(|| "the kernel did not offer it at INIT".to_string());
-            log::info!("serving with readv: FUSE-over-io_uring is unavailable ({why})");
+                .unwrap_or_else(|| {
+                    "the kernel did not offer FUSE-over-io_uring at INIT".to_string()
+                });
+            log::info!("serving with readv, since {why}");
             false
         }
         Transport::Readv | Transport::Passthrough => false,
@@ -440,10 +442,16 @@ fn run(args: Args) -> Result<(), Failure> {
                 factory_export.queue_handler(context)
             })
             .map(|running| {
+                let tiers: Vec<String> = layout
+                    .tiers()
+                    .iter()
+                    .map(|tier| format!("{} KiB", tier / 1024))
+                    .collect();
                 let transport = format!(
-                    "readv, {} with {} each, spill-over {layout:?}",
+                    "readv, {} with {} each, spill-over tiers of {}",
                     plural(queues, "queue", "queues"),
                     plural(reads, "posted read", "posted reads"),
+                    tiers.join(" and "),
                 );
                 (running, transport)
             })
