@@ -166,6 +166,11 @@ impl<S: squeue::EntryMarker + From<squeue::Entry>> Ring<S> {
         !self.ring.completion().is_empty()
     }
 
+    /// Whether SQEs were pushed that the kernel has not taken yet.
+    pub(crate) fn has_unsubmitted(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+    }
+
     /// Submits what was queued without waiting.
     pub(crate) fn submit(&mut self) -> io::Result<()> {
         self.submit_and_wait(0)

@@ -47,6 +47,14 @@ impl EntryDevice {
         }
     }
 
+    /// Whether idle entries may give their pages back. Not with the fake
+    /// device: its commit is a socket write that may wait for room and read
+    /// the reply later, so a committed entry may still hold an unread reply
+    /// (the kernel reads a commit's reply while it is submitted).
+    pub(crate) fn releases_idle_entries(&self) -> bool {
+        matches!(self, EntryDevice::Kernel)
+    }
+
     /// Operations one entry may have in flight at once.
     pub(crate) fn operations_per_entry(&self) -> usize {
         match self {

@@ -512,9 +512,10 @@ impl RingEntries {
     ///
     /// # Safety
     /// The kernel must not be able to write into waiting entries while this
-    /// runs: the ring must be set up with `IORING_SETUP_DEFER_TASKRUN` and
-    /// driven only by the calling thread, and every completion must have been
-    /// reaped since the thread last entered the ring. The kernel copies a
+    /// runs, nor have a reply left to read from one: the ring must be set up
+    /// with `IORING_SETUP_DEFER_TASKRUN` and driven only by the calling
+    /// thread, every completion must have been reaped since the thread last
+    /// entered the ring, and every command pushed must have been submitted. The kernel copies a
     /// request into an entry only in the ring's deferred task work, which
     /// runs inside this thread's next `io_uring_enter`, so no delivery can
     /// race the discard (a request delivered later lands on fresh pages).

@@ -369,14 +369,18 @@ impl UringLoop {
             }
 
             let idle = quiet && !self.stopping && !self.disconnected;
-            let timed_out = if idle && memory.entries.has_dirty() {
+            let release_when_idle =
+                idle && memory.device.releases_idle_entries() && memory.entries.has_dirty();
+            let timed_out = if release_when_idle {
                 !ring.submit_and_wait_for(1, IDLE_RELEASE)?
             } else {
                 ring.submit_and_wait(1)?;
                 false
             };
+            let mut reaped_any = false;
             loop {
                 let count = ring.reap(&mut reaped);
+                reaped_any |= count > 0;
                 for &(data, result) in &reaped[..count] {
                     self.completed(ring, memory, pool, handler, data, result)?;
                 }
@@ -384,13 +388,23 @@ impl UringLoop {
                     break;
                 }
             }
-            if timed_out && memory.jobs.busy() == 0 && !ring.has_completions() {
+            // Idle for a whole wait: nothing came back, so nothing was
+            // pushed since the wait submitted everything (a commit's reply
+            // is read by the kernel while it is submitted).
+            let idle_wait = timed_out && !reaped_any;
+            if idle_wait
+                && memory.jobs.busy() == 0
+                && !ring.has_completions()
+                && !ring.has_unsubmitted()
+            {
                 // SAFETY: the ring is DEFER_TASKRUN and SINGLE_ISSUER
                 // (`build_ring`), so the kernel delivers into entries only
-                // inside this thread's waits; every completion of the last
-                // wait has been reaped (checked), so an entry marked as in
-                // the kernel has no delivery pending, and only those are
-                // discarded.
+                // inside this thread's waits; the last wait produced no
+                // completion and none is pending (checked), so an entry
+                // marked as in the kernel has no delivery posted; and every
+                // pushed command was submitted (checked), so the kernel has
+                // already taken the reply of each committed entry. Only such
+                // entries, waiting for their next request, are discarded.
                 let released = unsafe { memory.entries.release_idle() };
                 if released > 0 {
                     log::debug!(

@@ -414,19 +414,23 @@ impl RingQueue {
     }
 
     /// Gives the resident pages of idle entries back (see
-    /// [`RingEntries`]); does nothing while completions wait to be reaped.
+    /// [`RingEntries`]); does nothing while completions wait to be reaped
+    /// or commands to be submitted.
     /// Returns how many entries were released.
     pub fn release_idle(&mut self) -> usize {
-        if self.ring.has_completions() {
-            // A delivery may be among them: its entry must not be discarded.
+        if self.ring.has_completions() || self.ring.has_unsubmitted() {
+            // A delivery may be among the completions, or a commit whose
+            // reply the kernel has not read yet among the unsubmitted.
             return 0;
         }
         // SAFETY: the ring is DEFER_TASKRUN and SINGLE_ISSUER (see
         // `build_ring`), so the kernel delivers into entries only inside this
         // thread's waits, which cannot run during this call (`&mut self`).
-        // Every completion of earlier waits has been reaped (checked above),
-        // so an entry marked as in the kernel has no delivery posted, and
-        // `release_idle` discards only such entries.
+        // Every completion of earlier waits has been reaped and every
+        // command submitted (checked above; a commit's reply is read while
+        // it is submitted), so an entry marked as in the kernel has neither a
+        // delivery posted nor a reply unread, and `release_idle` discards
+        // only such entries.
         unsafe { self.entries.release_idle() }
     }
 }
