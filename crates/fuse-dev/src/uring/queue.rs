@@ -250,16 +250,19 @@ pub(crate) fn run_uring_queue<H: Handler>(
     } else {
         EntryDevice::Kernel
     };
+    // A request per entry is in progress, plus, for a moment, the job of a
+    // deferred reply whose entry already took the next request (its NOP not
+    // reaped yet): twice the depth is always enough.
+    let jobs = 2 * depth;
     // The entry commands of each entry, a backing operation (or a deferred
     // reply's NOP) per job, and the waker's read.
-    let bound = (device.operations_per_entry() + 1) * depth + 1;
+    let bound = device.operations_per_entry() * depth + jobs + 1;
     let ring = build_ring(fuse_fd.as_fd(), &backing, bound)?;
     let backing_files = u32::try_from(backing.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many backing files"))?;
     let memory = UringMemory {
         _device: fuse_fd,
-        // At most one request per entry is in progress.
-        jobs: JobTable::new(index, depth, backing_files),
+        jobs: JobTable::new(index, jobs, backing_files),
         entries: RingEntries::new(depth, payload_len)?,
         device,
         deferred: Vec::with_capacity(depth),
