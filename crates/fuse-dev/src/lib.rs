@@ -14,7 +14,8 @@
 //!
 //! `unsafe` is confined to [`buffer`] (the mapped memory), pushing SQEs
 //! (`ring_guard`) that point into memory the ring guard owns (built in
-//! `jobs` and [`readv`]), and the ioctls in [`session`].
+//! `jobs`, [`readv`] and [`uring`]), the ring entries' shared memory and its
+//! idle release ([`uring::entries`]), and the ioctls in [`session`].
 
 pub mod buffer;
 pub mod config;
