@@ -195,7 +195,7 @@ impl std::fmt::Display for EntryBusy {
 
 impl std::error::Error for EntryBusy {}
 
-/// One queue's ring entries: the queue's side of [`EntryMemory`].
+/// One queue's ring entries: the queue's side of their shared memory.
 pub struct RingEntries {
     memory: Arc<EntryMemory>,
     /// The `commit_id` of the request each entry holds (0: none).
@@ -549,7 +549,7 @@ impl RingEntries {
         released
     }
 
-    /// Whether some entry holds resident data that [`Self::release_idle`]
+    /// Whether some entry holds resident data that the idle release
     /// could give back.
     pub fn has_dirty(&self) -> bool {
         self.dirty.iter().any(|&d| d)

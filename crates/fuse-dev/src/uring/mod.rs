@@ -8,7 +8,7 @@
 //! next request. The classic device keeps carrying INTERRUPT, FORGET and
 //! notifications.
 //!
-//! * [`cmd`]: the two commands as SQE128 entries;
+//! * `cmd`: the two commands as SQE128 entries;
 //! * [`entries`]: the entries' memory and who may touch it when
 //!   ([`LentPayload`] is the payload lent to a request);
 //! * [`ring`]: the protocol on one queue's ring ([`RingQueue`] for probing);

@@ -327,7 +327,7 @@ impl RingQueue {
     }
 
     /// Queues a REGISTER of entry `index` (submitted with the next
-    /// [`Self::submit_and_wait`]).
+    /// [`Self::submit`] or [`Self::wait`]).
     pub fn register(&mut self, index: usize) -> Result<(), RingError> {
         push_register(&mut self.ring, &mut self.entries, self.qid, index)
     }
