@@ -48,8 +48,14 @@ lint:
 tidy:
 	$(CARGO) xtask tidy
 
+# The end-to-end suite runs on each transport: readv with everything else,
+# then FUSE-over-io_uring, under a wrapper that turns
+# /sys/module/fuse/parameters/enable_uring on for the run and restores it
+# afterwards (also on failure or Ctrl-C).
 test: setup lint
-	$(CARGO) nextest run --workspace --no-fail-fast
+	FUSE_EXPORT_TEST_TRANSPORT=readv $(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) run -q -p fuse-dev --example with_enable_uring -- \
+		env FUSE_EXPORT_TEST_TRANSPORT=uring $(CARGO) nextest run -p fuse-export --no-fail-fast
 	$(CARGO) test --doc --workspace
 
 # Soak (not part of `make test`): rounds of fio verify (mixed unaligned

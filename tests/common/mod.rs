@@ -53,9 +53,11 @@ pub const DIRECT_IO_ALIGN: usize = 4096;
 #[must_use]
 pub fn skip_unless_fuse() -> bool {
     let reason = if !rustix::process::getuid().is_root() {
-        "not running as root (mounting the export needs root)"
+        "not running as root (mounting the export needs root)".to_string()
     } else if !Path::new("/dev/fuse").exists() {
-        "/dev/fuse is missing (FUSE not loaded or not passed into this container)"
+        "/dev/fuse is missing (FUSE not loaded or not passed into this container)".to_string()
+    } else if let Err(why) = transport_available() {
+        why
     } else {
         return true;
     };
@@ -82,6 +84,56 @@ pub fn skip_unless_in_ci(reason: &str) -> bool {
     );
     eprintln!("SKIP: {test}: {reason}");
     false
+}
+
+/// Names the transport every server of the run uses (`uring`, `readv`);
+/// unset, servers run with their default. `make test` runs the end-to-end
+/// suite once without it and once with `uring`.
+pub const TRANSPORT_VAR: &str = "FUSE_EXPORT_TEST_TRANSPORT";
+
+/// The transport asked for with [`TRANSPORT_VAR`].
+pub fn test_transport() -> Option<String> {
+    std::env::var(TRANSPORT_VAR)
+        .ok()
+        .filter(|value| !value.is_empty())
+}
+
+/// Whether the run's transport can be used here: FUSE-over-io_uring needs
+/// the kernel's `enable_uring` switch, which the harness turns on for each
+/// server (and restores) when it can.
+fn transport_available() -> Result<(), String> {
+    if test_transport().as_deref() != Some("uring") {
+        return Ok(());
+    }
+    fuse_dev::uring::EnableUringGuard::acquire()
+        .map(drop)
+        .map_err(|err| format!("the uring run cannot use FUSE-over-io_uring: {err}"))
+}
+
+/// The server's command line with the run's transport (see
+/// [`TRANSPORT_VAR`]) in front, unless the test picks one itself (in front,
+/// so that a test's deliberately broken arguments stay as they are), and
+/// the `enable_uring` guard the server needs while it runs with
+/// FUSE-over-io_uring. Where the switch cannot be turned on, tests that
+/// mount have skipped (`skip_unless_fuse`) and the others run with the
+/// default transport.
+fn with_run_transport(
+    args: &[OsString],
+) -> (Vec<OsString>, Option<fuse_dev::uring::EnableUringGuard>) {
+    let mut transport = test_transport().filter(|_| !args.iter().any(|a| a == "--transport"));
+    let mut uring = None;
+    if transport.as_deref() == Some("uring") {
+        uring = fuse_dev::uring::EnableUringGuard::acquire().ok();
+        if uring.is_none() {
+            transport = None;
+        }
+    }
+    let mut command_line: Vec<OsString> = Vec::new();
+    if let Some(transport) = &transport {
+        command_line.extend(["--transport".into(), transport.into()]);
+    }
+    command_line.extend(args.iter().cloned());
+    (command_line, uring)
 }
 
 /// Whether every program in `tools` is installed; if not, prints `SKIP:`
@@ -665,6 +717,10 @@ pub struct Server<'dir> {
     /// The scratch directory (holding the log, usually the mountpoint too)
     /// must outlive the server guard.
     _dir: PhantomData<&'dir TestDir>,
+    /// In the uring run: `enable_uring` stays on while the server runs
+    /// (restored when the last holder on the machine ends). Dropped after
+    /// the server has stopped (fields drop after `Drop::drop`).
+    _uring: Option<fuse_dev::uring::EnableUringGuard>,
 }
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(0);
@@ -730,8 +786,9 @@ impl<'dir> Server<'dir> {
         let stdout = stderr
             .try_clone()
             .expect("cannot duplicate the log file descriptor");
+        let (command_line, uring) = with_run_transport(args);
         let child = Command::new(SERVER_BIN)
-            .args(args)
+            .args(&command_line)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -744,6 +801,7 @@ impl<'dir> Server<'dir> {
             mount: mount.to_path_buf(),
             log,
             _dir: PhantomData,
+            _uring: uring,
         }
     }
 
@@ -761,6 +819,19 @@ impl<'dir> Server<'dir> {
         fs::read(&self.log)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_else(|err| format!("<cannot read {}: {err}>", self.log.display()))
+    }
+
+    /// The server's resident memory (`VmRSS`) in KiB, while it runs.
+    pub fn resident_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Sends `signal` to the server process, unless it has been reaped.
@@ -1539,13 +1610,14 @@ impl<'dir> Server<'dir> {
         let stdout = stderr
             .try_clone()
             .expect("cannot duplicate the log file descriptor");
+        let (command_line, uring) = with_run_transport(args);
         let child = Command::new("setpriv")
             .arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
             .arg("--clear-groups")
             .arg("--")
             .arg(SERVER_BIN)
-            .args(args)
+            .args(&command_line)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -1557,6 +1629,7 @@ impl<'dir> Server<'dir> {
             mount: mount.to_path_buf(),
             log,
             _dir: PhantomData,
+            _uring: uring,
         }
     }
 }

@@ -11,6 +11,8 @@ use core::slice;
 
 use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
+use crate::uring::LentPayload;
+
 /// The page size buffers are aligned to and sized in.
 pub const PAGE_SIZE: usize = 4096;
 
@@ -165,10 +167,15 @@ impl Pool {
         }
     }
 
-    /// Returns every buffer of a chain.
+    /// Returns every buffer of a chain: pooled ones for reuse, a lent ring
+    /// payload to its entry.
     pub fn give_chain(&mut self, chain: Chain) {
         for segment in chain.into_segments() {
-            self.give(segment.buf);
+            match segment.buf {
+                SegmentBuf::Pooled(buf) => self.give(buf),
+                // Dropping the lease hands the buffer back to its entry.
+                SegmentBuf::Lent(payload) => drop(payload),
+            }
         }
     }
 
@@ -213,10 +220,53 @@ impl Pool {
 /// tiers, and a few pages for alignment slack.
 pub const MAX_SEGMENTS: usize = 8;
 
+/// The buffer a [`Segment`] windows: one from a pool, or the payload buffer
+/// of a FUSE-over-io_uring ring entry lent to the request it delivered.
+#[derive(Debug)]
+enum SegmentBuf {
+    Pooled(AlignedBuf),
+    Lent(LentPayload),
+}
+
+impl SegmentBuf {
+    fn len(&self) -> usize {
+        match self {
+            SegmentBuf::Pooled(buf) => buf.len(),
+            SegmentBuf::Lent(payload) => payload.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            SegmentBuf::Pooled(buf) => buf.as_slice(),
+            SegmentBuf::Lent(payload) => payload.as_slice(),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            SegmentBuf::Pooled(buf) => buf.as_mut_slice(),
+            SegmentBuf::Lent(payload) => payload.as_mut_slice(),
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        match self {
+            SegmentBuf::Pooled(buf) => buf.as_mut_ptr(),
+            SegmentBuf::Lent(payload) => payload.as_mut_ptr(),
+        }
+    }
+}
+
 /// A window `[start, start + len)` of an owned buffer.
+///
+/// The buffer is a pool's [`AlignedBuf`], or a ring entry's payload lent to
+/// the request ([`LentPayload`]); the window works the same on both. Given
+/// back to a [`Pool`], a pooled buffer is kept for reuse and a lent one goes
+/// back to its ring entry.
 #[derive(Debug)]
 pub struct Segment {
-    buf: AlignedBuf,
+    buf: SegmentBuf,
     start: usize,
     len: usize,
 }
@@ -224,15 +274,32 @@ pub struct Segment {
 impl Segment {
     /// A window over `buf`; clamped to the buffer.
     pub fn new(buf: AlignedBuf, start: usize, len: usize) -> Segment {
-        let start = start.min(buf.len());
-        let len = len.min(buf.len() - start);
-        Segment { buf, start, len }
+        Segment::over(SegmentBuf::Pooled(buf), start, len)
     }
 
     /// The whole buffer.
     pub fn whole(buf: AlignedBuf) -> Segment {
         let len = buf.len();
-        Segment { buf, start: 0, len }
+        Segment::new(buf, 0, len)
+    }
+
+    /// A window over a ring entry's lent payload; clamped to the buffer.
+    pub(crate) fn lent(payload: LentPayload, start: usize, len: usize) -> Segment {
+        Segment::over(SegmentBuf::Lent(payload), start, len)
+    }
+
+    fn over(buf: SegmentBuf, start: usize, len: usize) -> Segment {
+        let start = start.min(buf.len());
+        let len = len.min(buf.len() - start);
+        Segment { buf, start, len }
+    }
+
+    /// The lent ring-entry payload this segment windows, if it is one.
+    pub(crate) fn lease(&self) -> Option<&LentPayload> {
+        match &self.buf {
+            SegmentBuf::Lent(payload) => Some(payload),
+            SegmentBuf::Pooled(_) => None,
+        }
     }
 
     /// The window's bytes.
@@ -334,6 +401,22 @@ impl Chain {
     /// The segments in order, writable.
     pub fn segments_mut(&mut self) -> impl Iterator<Item = &mut Segment> {
         self.slots.iter_mut().flatten()
+    }
+
+    /// Takes the first segment out (the others move up).
+    pub fn take_first(&mut self) -> Option<Segment> {
+        self.take_at(0)
+    }
+
+    /// Takes the segment at `position` out (the ones after it move up).
+    pub(crate) fn take_at(&mut self, position: usize) -> Option<Segment> {
+        if position >= self.count {
+            return None;
+        }
+        let taken = self.slots[position].take();
+        self.slots[position..self.count].rotate_left(1);
+        self.count -= 1;
+        taken
     }
 
     /// Takes the segments out.

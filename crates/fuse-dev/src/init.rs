@@ -18,7 +18,10 @@ pub struct InitRequest {
     pub max_write: u32,
     /// Requests the kernel may keep in the background (async DIO, readahead).
     pub max_background: u16,
-    /// Extra capability flags wanted on top of the defaults.
+    /// Extra capability flags wanted on top of the defaults; granted where
+    /// offered. `InitFlags::OVER_IO_URING` asks for FUSE-over-io_uring
+    /// (offered only while the admin has set
+    /// `/sys/module/fuse/parameters/enable_uring`).
     pub extra_flags: InitFlags,
     /// The kernel's page limit per request (`fs.fuse.max_pages_limit`).
     pub max_pages_limit: u32,
@@ -74,6 +77,21 @@ pub fn max_pages_limit() -> u32 {
 pub enum InitError {
     /// The kernel's major version is not 7.
     UnsupportedMajor(u32),
+}
+
+impl Negotiated {
+    /// Whether the kernel offered FUSE-over-io_uring (its `enable_uring`
+    /// parameter was on when the connection was made).
+    pub fn uring_offered(&self) -> bool {
+        self.offered.contains(InitFlags::OVER_IO_URING)
+    }
+
+    /// Whether FUSE-over-io_uring was granted: the kernel holds new requests
+    /// back until every ring queue has an entry registered, then delivers
+    /// them to the rings instead of `/dev/fuse`.
+    pub fn uring_granted(&self) -> bool {
+        self.flags.contains(InitFlags::OVER_IO_URING)
+    }
 }
 
 impl std::fmt::Display for InitError {
@@ -237,6 +255,42 @@ mod tests {
             max_pages_limit: 256,
             passthrough: false,
         }
+    }
+
+    /// The 6.18 offer with `enable_uring=Y`: bit 41 is set (flags2 0x7fd).
+    fn kernel_618_with_uring() -> InitIn {
+        InitIn {
+            flags2: 0x0000_07fd,
+            ..kernel_618()
+        }
+    }
+
+    #[test]
+    fn io_uring_is_granted_only_when_offered_and_wanted() {
+        let mut w = want(1 << 20);
+        w.extra_flags = InitFlags::OVER_IO_URING;
+        let (out, n) = negotiate(&kernel_618_with_uring(), &w).unwrap();
+        assert!(n.uring_offered());
+        assert!(n.uring_granted());
+        let granted = InitFlags::from_halves(out.flags, out.flags2);
+        assert!(granted.contains(InitFlags::OVER_IO_URING));
+        assert!(
+            granted.contains(InitFlags::INIT_EXT),
+            "bit 41 needs INIT_EXT"
+        );
+
+        // Offered but not wanted (the readv transport): not granted, so the
+        // kernel keeps delivering over /dev/fuse.
+        let (out, n) = negotiate(&kernel_618_with_uring(), &want(1 << 20)).unwrap();
+        assert!(n.uring_offered());
+        assert!(!n.uring_granted());
+        assert!(!InitFlags::from_halves(out.flags, out.flags2).contains(InitFlags::OVER_IO_URING));
+
+        // Wanted but not offered (enable_uring=N): not granted.
+        let (out, n) = negotiate(&kernel_618(), &w).unwrap();
+        assert!(!n.uring_offered());
+        assert!(!n.uring_granted());
+        assert!(!InitFlags::from_halves(out.flags, out.flags2).contains(InitFlags::OVER_IO_URING));
     }
 
     #[test]

@@ -233,6 +233,23 @@ impl<S> JobTable<S> {
     }
 }
 
+impl<S> JobTable<S> {
+    /// The reply job `index` is sending, for a transport that delivers it
+    /// later than [`Transport::deliver_reply`] (it returned
+    /// [`Delivery::InFlight`] and will end the job with a CQE of its own).
+    pub(crate) fn outgoing(&mut self, index: usize) -> Option<OutgoingReply<'_>> {
+        let entry = self.entries.get_mut(index)?;
+        if entry.phase != Phase::Replying {
+            return None;
+        }
+        Some(OutgoingReply {
+            header: entry.reply.as_ref()?.as_bytes(),
+            data: entry.chain.as_mut(),
+            iov: &mut entry.iov,
+        })
+    }
+}
+
 /// A reply encoded in a job entry, for the transport to send.
 pub(crate) struct OutgoingReply<'e> {
     /// The header and inline argument (error, struct, data header).
@@ -249,10 +266,6 @@ pub(crate) enum Delivery {
     /// CQE ends the job.
     InFlight,
     /// The reply was copied out of the entry; the job ends now.
-    #[expect(
-        dead_code,
-        reason = "for a transport that copies replies out (FUSE-over-io_uring); readv sends from the entry"
-    )]
     Done,
 }
 

@@ -10,10 +10,12 @@
 //! * `jobs`: the job table and [`QueueIo`], shared by every transport.
 //! * `ring_guard`: what the kernel may still touch when a queue ends early.
 //! * [`readv`]: the transport that reads `/dev/fuse` with posted `READV`s.
+//! * [`uring`]: the FUSE-over-io_uring transport (ring entries per CPU).
 //!
 //! `unsafe` is confined to [`buffer`] (the mapped memory), pushing SQEs
 //! (`ring_guard`) that point into memory the ring guard owns (built in
-//! `jobs` and [`readv`]), and the ioctls in [`session`].
+//! `jobs`, [`readv`] and [`uring`]), the ring entries' shared memory and its
+//! idle release ([`uring::entries`]), and the ioctls in [`session`].
 
 pub mod buffer;
 pub mod config;
@@ -28,6 +30,7 @@ pub mod readv;
 mod ring_guard;
 pub mod session;
 pub mod stale;
+pub mod uring;
 pub mod watcher;
 
 pub use buffer::{AlignedBuf, Chain, PAGE_SIZE, Pool, PoolStats, Segment};
@@ -37,4 +40,6 @@ pub use init::{InitRequest, Negotiated};
 pub use jobs::QueueIo;
 pub use mount::{MountMethod, MountOptions};
 pub use readv::{Incoming, SpillLayout};
-pub use session::{QueueContext, Queues, Running, Session, Stopper, serve_fd, serve_fds};
+pub use session::{
+    QueueContext, Queues, Running, Session, Stopper, serve_fd, serve_fd_as_ring, serve_fds,
+};

@@ -253,6 +253,41 @@ impl Mount {
         self.method
     }
 
+    /// Unmounts now if nothing uses the mount, which ends the connection at
+    /// once; a busy mount (a client has the file open or is in a syscall on
+    /// it) stays mounted. Returns whether the mount is gone.
+    pub fn try_unmount(&mut self) -> io::Result<bool> {
+        if !self.mounted || !is_fuse_mountpoint(&self.mountpoint) {
+            self.mounted = false;
+            return Ok(true);
+        }
+        let gone = match self.method {
+            MountMethod::Syscall => {
+                match rustix::mount::unmount(&self.mountpoint, UnmountFlags::NOFOLLOW) {
+                    Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => true,
+                    Err(rustix::io::Errno::BUSY) => false,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            MountMethod::Fusermount => {
+                let fusermount = find_fusermount().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "fusermount3 not found")
+                })?;
+                Command::new(fusermount)
+                    .args(["-u", "-q", "--"])
+                    .arg(&self.mountpoint)
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()?
+                    .success()
+            }
+        };
+        if gone {
+            self.mounted = false;
+        }
+        Ok(gone)
+    }
+
     /// Unmounts. A mount that is already gone (external `umount`) is fine;
     /// a busy one (a client still has the file open) is detached lazily.
     /// Then the watcher stands down (or, if unmounting failed, is left to

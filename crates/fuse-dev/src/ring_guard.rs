@@ -135,6 +135,47 @@ impl<S: squeue::EntryMarker + From<squeue::Entry>> Ring<S> {
         }
     }
 
+    /// Like [`Ring::submit_and_wait`], but waits at most `timeout` (which
+    /// needs `IORING_FEAT_EXT_ARG`, Linux 5.11). Returns false when the time
+    /// ran out before `want` completions arrived.
+    pub(crate) fn submit_and_wait_for(
+        &mut self,
+        want: usize,
+        timeout: std::time::Duration,
+    ) -> io::Result<bool> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.faults {
+            faults.submit()?;
+        }
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(true),
+            Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(false),
+            Err(err) if is_transient(&err) => {
+                log::debug!("io_uring_enter: {err}; retrying");
+                std::thread::yield_now();
+                Ok(true)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Whether completions wait to be reaped.
+    pub(crate) fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    /// Whether SQEs were pushed that the kernel has not taken yet.
+    pub(crate) fn has_unsubmitted(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+    }
+
+    /// Submits what was queued without waiting.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        self.submit_and_wait(0)
+    }
+
     fn enter(&mut self, want: usize) -> io::Result<()> {
         #[cfg(feature = "fault-injection")]
         if let Some(faults) = &self.faults {
@@ -273,6 +314,24 @@ impl<M: KernelMemory, S: squeue::EntryMarker + From<squeue::Entry>> RingGuard<M,
         }
         ring.close();
         Ok(memory)
+    }
+
+    /// The queue ends while the kernel still holds operations that only the
+    /// end of the connection completes (FUSE-over-io_uring entries waiting
+    /// for a request: cancellation does not reach them). The ring and the
+    /// memory are left to the kernel: never freed, the ring fd never
+    /// closed, so nothing the kernel may still write into is reused. The
+    /// process is about to exit.
+    pub(crate) fn leave_to_kernel(mut self) {
+        if let Some((ring, memory)) = self.parts.take() {
+            log::debug!(
+                "queue {}: leaving {} operations to the kernel until the connection ends",
+                self.index,
+                ring.in_flight()
+            );
+            std::mem::forget(ring);
+            std::mem::forget(memory);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::handler::{Handler, Waker};
 use crate::init::{InitRequest, Negotiated, handshake};
 use crate::mount::{Mount, MountOptions, mount};
 use crate::readv::run_queue;
+use crate::uring::queue::{UringEnding, UringSetup, run_uring_queue};
 
 /// `FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t)`: attaches a fresh
 /// `/dev/fuse` fd to the connection of the fd whose number it is given.
@@ -124,6 +125,7 @@ impl Session {
         let running = Running {
             queues: serve_fds(fds, config, backing, factory)?,
             mount,
+            rings: None,
         };
         // The kernel keeps i_size at 0 until a GETATTR; until then O_DIRECT
         // AIO reads see EOF. A stat from here (not a queue thread) fixes that.
@@ -132,6 +134,111 @@ impl Session {
         }
         Ok(running)
     }
+}
+
+impl Session {
+    /// Starts the FUSE-over-io_uring transport: one ring queue per possible
+    /// CPU (the kernel's count), each a thread pinned to its CPU with
+    /// `depth` entries on its own clone of the device, plus one `readv`
+    /// queue on the mount's fd for what the kernel still sends there
+    /// (INTERRUPT, FORGET). Needs `FUSE_OVER_IO_URING` granted at INIT.
+    /// Then stats the file, like [`Session::start`] (the kernel holds every
+    /// request back until each ring queue has registered its entries).
+    pub fn start_uring<H, F>(
+        self,
+        depth: usize,
+        config: QueueConfig,
+        backing: Vec<RawFd>,
+        factory: F,
+    ) -> io::Result<Running>
+    where
+        H: Handler,
+        F: Fn(QueueContext) -> H + Send + Sync + 'static,
+    {
+        if !self.negotiated.uring_granted() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel did not grant FUSE_OVER_IO_URING at INIT",
+            ));
+        }
+        let ring_queues = crate::uring::cpus::possible_cpus()?;
+        let payload_len = crate::uring::payload_len(&self.negotiated);
+        let depth = depth.max(1);
+        let Session {
+            device,
+            mount,
+            stat_path,
+            ..
+        } = self;
+        let (quiet, quiet_rx) = crossbeam_channel::unbounded();
+        let ending = Arc::new(UringEnding::new(quiet));
+        let wakers = new_wakers(ring_queues + 1)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut runs = Vec::with_capacity(ring_queues + 1);
+        for index in 0..ring_queues {
+            let qid = u16::try_from(index).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "too many possible CPUs")
+            })?;
+            runs.push(QueueRun::Uring(UringSetup {
+                index,
+                qid,
+                fuse_fd: clone_device(&device)?,
+                backing: backing.clone(),
+                config: config.clone(),
+                depth,
+                payload_len,
+                waker: wakers[index].clone(),
+                stop: stop.clone(),
+                ending: ending.clone(),
+                fake_device: false,
+            }));
+        }
+        runs.push(QueueRun::Readv(QueueSetup {
+            index: ring_queues,
+            fuse_fd: device,
+            backing,
+            config,
+            waker: wakers[ring_queues].clone(),
+            stop: stop.clone(),
+        }));
+        let running = Running {
+            queues: spawn_queues(runs, wakers, stop, factory)?,
+            mount,
+            rings: Some(RingShutdown {
+                quiet: quiet_rx,
+                queues: ring_queues,
+                ending,
+            }),
+        };
+        if let Err(err) = rustix::fs::stat(&stat_path) {
+            log::warn!("stat {} after mount failed: {err}", stat_path.display());
+        }
+        Ok(running)
+    }
+}
+
+/// What one queue thread runs.
+enum QueueRun {
+    /// A `readv` queue.
+    Readv(QueueSetup),
+    /// A FUSE-over-io_uring ring queue.
+    Uring(UringSetup),
+}
+
+impl QueueRun {
+    fn index(&self) -> usize {
+        match self {
+            QueueRun::Readv(setup) => setup.index,
+            QueueRun::Uring(setup) => setup.index,
+        }
+    }
+}
+
+fn new_wakers(count: usize) -> io::Result<Arc<[Waker]>> {
+    Ok((0..count)
+        .map(|_| Waker::new())
+        .collect::<io::Result<Vec<_>>>()?
+        .into())
 }
 
 /// Runs one queue thread per fd, each with a handler built by `factory`:
@@ -148,28 +255,46 @@ where
     H: Handler,
     F: Fn(QueueContext) -> H + Send + Sync + 'static,
 {
-    let queues = fds.len();
-    let wakers: Arc<[Waker]> = (0..queues)
-        .map(|_| Waker::new())
-        .collect::<io::Result<Vec<_>>>()?
-        .into();
+    let wakers = new_wakers(fds.len())?;
     let stop = Arc::new(AtomicBool::new(false));
+    let runs = fds
+        .into_iter()
+        .enumerate()
+        .map(|(index, fuse_fd)| {
+            QueueRun::Readv(QueueSetup {
+                index,
+                fuse_fd,
+                backing: backing.clone(),
+                config: config.clone(),
+                waker: wakers[index].clone(),
+                stop: stop.clone(),
+            })
+        })
+        .collect();
+    spawn_queues(runs, wakers, stop, factory)
+}
+
+/// Starts a thread per queue, each with a handler built by `factory`. A
+/// queue that fails or panics stops the others.
+fn spawn_queues<H, F>(
+    runs: Vec<QueueRun>,
+    wakers: Arc<[Waker]>,
+    stop: Arc<AtomicBool>,
+    factory: F,
+) -> io::Result<Queues>
+where
+    H: Handler,
+    F: Fn(QueueContext) -> H + Send + Sync + 'static,
+{
     let (ended_tx, ended) = crossbeam_channel::unbounded();
     let factory = Arc::new(factory);
     let stopper = Stopper {
-        stop: stop.clone(),
+        stop,
         wakers: wakers.clone(),
     };
-    let mut threads = Vec::with_capacity(queues);
-    for (index, fuse_fd) in fds.into_iter().enumerate() {
-        let setup = QueueSetup {
-            index,
-            fuse_fd,
-            backing: backing.clone(),
-            config: config.clone(),
-            waker: wakers[index].clone(),
-            stop: stop.clone(),
-        };
+    let mut threads = Vec::with_capacity(runs.len());
+    for run in runs {
+        let index = run.index();
         let context = QueueContext {
             index,
             wakers: wakers.clone(),
@@ -189,7 +314,10 @@ where
                     failed: true,
                 };
                 let mut handler = factory(context);
-                let result = run_queue(setup, &mut handler);
+                let result = match run {
+                    QueueRun::Readv(setup) => run_queue(setup, &mut handler),
+                    QueueRun::Uring(setup) => run_uring_queue(setup, &mut handler),
+                };
                 match &result {
                     Ok(_) => notice.failed = false,
                     Err(err) => log::error!("queue {index} failed: {err}"),
@@ -244,6 +372,46 @@ where
         stop: Arc::new(AtomicBool::new(false)),
     };
     run_queue(setup, &mut handler)
+}
+
+/// Runs a single FUSE-over-io_uring queue on the calling thread with a
+/// fake device instead of the kernel (tests): one end of a
+/// `SOCK_SEQPACKET` socketpair, where each message the peer sends is laid out
+/// the way the kernel fills a ring entry (the 288-byte
+/// `fuse_uring_req_header`, then the payload) and each reply comes back in
+/// the same layout (header, then `payload_sz` bytes). The peer closing is the
+/// end of the connection. The queue has `depth` entries with payload
+/// buffers of `payload_len` bytes.
+pub fn serve_fd_as_ring<H, F>(
+    fd: OwnedFd,
+    depth: usize,
+    payload_len: usize,
+    config: QueueConfig,
+    backing: Vec<RawFd>,
+    factory: F,
+) -> io::Result<QueueReport>
+where
+    H: Handler,
+    F: FnOnce(QueueContext) -> H,
+{
+    let waker = Waker::new()?;
+    let wakers: Arc<[Waker]> = vec![waker.clone()].into();
+    let mut handler = factory(QueueContext { index: 0, wakers });
+    let (quiet, _quiet_rx) = crossbeam_channel::unbounded();
+    let setup = UringSetup {
+        index: 0,
+        qid: 0,
+        fuse_fd: fd,
+        backing,
+        config,
+        depth: depth.max(1),
+        payload_len,
+        waker,
+        stop: Arc::new(AtomicBool::new(false)),
+        ending: Arc::new(UringEnding::new(quiet)),
+        fake_device: true,
+    };
+    run_uring_queue(setup, &mut handler)
 }
 
 /// The `FUSE_DEV_IOC_BACKING_OPEN` ioctl: its argument is read by the
@@ -377,6 +545,16 @@ impl Queues {
 pub struct Running {
     queues: Queues,
     mount: Mount,
+    /// With FUSE-over-io_uring: how its ring queues are brought to an end.
+    rings: Option<RingShutdown>,
+}
+
+/// The ring queues' side of an orderly end (see [`Running::shutdown`]).
+#[derive(Debug)]
+struct RingShutdown {
+    quiet: Receiver<usize>,
+    queues: usize,
+    ending: Arc<UringEnding>,
 }
 
 impl Running {
@@ -398,8 +576,37 @@ impl Running {
 
     /// Stops the queues, waits for them to finish every request in flight,
     /// then unmounts. Returns each queue's report, or the first error.
+    ///
+    /// With FUSE-over-io_uring, the ring entries waiting for requests end
+    /// only with the connection: once every ring queue has answered what it
+    /// was serving, the mount is unmounted right away if nothing uses it,
+    /// which ends the connection and lets the queues free their entries. A
+    /// busy mount (a client has the file open) is detached lazily after the
+    /// queues, told to let go, have left their entries to the kernel.
     pub fn shutdown(self) -> io::Result<Vec<QueueReport>> {
-        let Running { queues, mut mount } = self;
+        let Running {
+            queues,
+            mut mount,
+            rings,
+        } = self;
+        if let Some(rings) = rings {
+            queues.stopper.stop();
+            for _ in 0..rings.queues {
+                // Every ring queue sends once, however it ends.
+                if rings.quiet.recv().is_err() {
+                    break;
+                }
+            }
+            let gone = mount.try_unmount().unwrap_or_else(|err| {
+                log::warn!("unmounting {}: {err}", mount.mountpoint().display());
+                false
+            });
+            if !gone {
+                // The lazy unmount below says so.
+                rings.ending.let_go();
+                queues.stopper.stop();
+            }
+        }
         let result = queues.shutdown();
         // Every device fd is closed now (the queues own them), so unmounting
         // cannot wait on this process.

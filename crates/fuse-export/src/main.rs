@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image, Locking};
 use clap::{Parser, ValueEnum};
+use fuse_dev::uring::ParamState;
 use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
 use readiness::PidFile;
 
@@ -57,12 +58,22 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_max_write)]
     max_write: usize,
 
-    /// How READ and WRITE reach the image: `readv` (this server, io_uring
-    /// with spill-over buffers) or `passthrough` (the kernel itself, through
-    /// FUSE_PASSTHROUGH; needs root; size limits and alignment handling are
-    /// then the image file's own: writes past the end grow it).
-    #[arg(long, value_enum, default_value_t = Transport::Readv)]
+    /// How requests reach this server: `auto` (FUSE-over-io_uring where the
+    /// kernel offers it, else readv), `uring` (FUSE-over-io_uring: one ring
+    /// queue per CPU; needs /sys/module/fuse/parameters/enable_uring set to
+    /// Y by the admin), `readv` (io_uring READV on /dev/fuse with spill-over
+    /// buffers) or `passthrough` (the kernel does READ and WRITE on the image
+    /// itself, through FUSE_PASSTHROUGH; needs root; size limits and
+    /// alignment handling are then the image file's own: writes past the end
+    /// grow it).
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
     transport: Transport,
+
+    /// Ring entries per queue with FUSE-over-io_uring: requests each CPU's
+    /// queue holds at once (each entry maps a payload buffer of max_write
+    /// bytes, backed only while used).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    queue_depth: u16,
 
     /// How opens with O_DIRECT are served: `parallel-writers` (writers on
     /// the file run concurrently; the kernel sends the max_write pieces of a
@@ -117,6 +128,12 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
+    /// FUSE-over-io_uring where the kernel offers it, otherwise readv.
+    Auto,
+    /// FUSE-over-io_uring (IORING_OP_URING_CMD, so also accepted as
+    /// uring-cmd): ring entries per CPU; this server does the image I/O.
+    #[value(alias = "uring-cmd")]
+    Uring,
     /// io_uring READV on /dev/fuse; this server does the image I/O.
     Readv,
     /// FUSE_PASSTHROUGH: the kernel does READ/WRITE on the image.
@@ -340,6 +357,17 @@ fn run(args: Args) -> Result<(), Failure> {
         .map(PidFile::prepare)
         .transpose()
         .map_err(Failure::usage)?;
+    // Before anything is mounted: an explicit uring the kernel does not
+    // offer is bad input.
+    let want_uring = match args.transport {
+        Transport::Uring => {
+            uring_offered(fuse_dev::uring::param_state())
+                .map_err(|why| Failure::usage(format!("--transport uring: {why}")))?;
+            true
+        }
+        Transport::Auto => fuse_dev::uring::param_state() == ParamState::On,
+        Transport::Readv | Transport::Passthrough => false,
+    };
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let directory_entry = match &mountpoint {
         Mountpoint::File { .. } => None,
@@ -385,13 +413,40 @@ fn run(args: Args) -> Result<(), Failure> {
     let init = InitRequest {
         max_write: max_write as u32,
         max_background: 256,
-        extra_flags: fuse_proto::flags::InitFlags::EMPTY,
+        extra_flags: if want_uring {
+            fuse_proto::flags::InitFlags::OVER_IO_URING
+        } else {
+            fuse_proto::flags::InitFlags::EMPTY
+        },
         max_pages_limit,
         passthrough: args.transport == Transport::Passthrough,
     };
     let mut session = Session::mount(&mount_options, &init)
         .map_err(|err| Failure::usage(format!("mounting {}: {err}", args.mountpoint.display())))?;
     let negotiated = *session.negotiated();
+    let serve_uring = match args.transport {
+        Transport::Uring if !negotiated.uring_granted() => {
+            // Switched off between the check and the mount. (Dropping the
+            // session unmounts.)
+            return Err(Failure::usage(format!(
+                "--transport uring: the kernel did not offer FUSE-over-io_uring at INIT; \
+                 is {} still Y?",
+                fuse_dev::uring::PARAM_PATH
+            )));
+        }
+        Transport::Uring => true,
+        Transport::Auto if negotiated.uring_granted() => true,
+        Transport::Auto => {
+            let why = uring_offered(fuse_dev::uring::param_state())
+                .err()
+                .unwrap_or_else(|| {
+                    "the kernel did not offer FUSE-over-io_uring at INIT".to_string()
+                });
+            log::info!("serving with readv, since {why}");
+            false
+        }
+        Transport::Readv | Transport::Passthrough => false,
+    };
     let max_write = negotiated.max_write as usize;
     let layout = match &args.spill_tiers {
         Some(bounds) => SpillLayout::new(max_write, bounds)
@@ -406,7 +461,7 @@ fn run(args: Args) -> Result<(), Failure> {
         pool_cap: reads * 4 + 64,
     };
     let passthrough = match args.transport {
-        Transport::Readv => None,
+        Transport::Auto | Transport::Uring | Transport::Readv => None,
         // FUSE_DEV_IOC_BACKING_OPEN refuses a block device (EINVAL on 6.18).
         Transport::Passthrough if image.is_block_device() => {
             log::warn!(
@@ -440,25 +495,58 @@ fn run(args: Args) -> Result<(), Failure> {
     let export = Export::new(image, max_write, options);
     let backing = vec![export.image().raw_fd()];
     let factory_export = export.clone();
-    let queues = match args.queues {
-        Some(queues) => queues as usize,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+    let started = if serve_uring {
+        let ring_queues = fuse_dev::uring::cpus::possible_cpus()
+            .map_err(|err| Failure::runtime(format!("starting queues: {err}")))?;
+        if let Some(queues) = args.queues {
+            log::info!(
+                "--queues {queues} does not apply to FUSE-over-io_uring: the kernel has one \
+                 ring queue per possible CPU ({ring_queues})"
+            );
+        }
+        let depth = args.queue_depth as usize;
+        session
+            .start_uring(depth, config, backing, move |context| {
+                factory_export.queue_handler(context)
+            })
+            .map(|running| {
+                let transport = format!(
+                    "FUSE-over-io_uring, {} of {depth} {} each (one per CPU), \
+                     and /dev/fuse for interrupts and forgets",
+                    plural(ring_queues, "ring queue", "ring queues"),
+                    if depth == 1 { "entry" } else { "entries" },
+                );
+                (running, transport)
+            })
+    } else {
+        let queues = match args.queues {
+            Some(queues) => queues as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+        };
+        session
+            .start(queues, config, backing, move |context| {
+                factory_export.queue_handler(context)
+            })
+            .map(|running| {
+                let transport = format!(
+                    "readv, {} with {} each, {}",
+                    plural(queues, "queue", "queues"),
+                    plural(reads, "posted read", "posted reads"),
+                    describe_spill_over(&layout, max_write),
+                );
+                (running, transport)
+            })
     };
-    let running = session
-        .start(queues, config, backing, move |context| {
-            factory_export.queue_handler(context)
-        })
-        .map_err(|err| Failure::runtime(format!("starting queues: {err}")))?;
+    let (running, transport) =
+        started.map_err(|err| Failure::runtime(format!("starting queues: {err}")))?;
     let image = export.image();
     log::info!(
-        "serving {} ({} bytes; {}) at {}: {queues} {}, writes of up to {}, {}",
+        "serving {} ({} bytes; {}) at {}: writes of up to {}; {transport}",
         image.path().display(),
         image.size(),
         describe_image(image, args.growable, passthrough.is_some()),
         args.mountpoint.display(),
-        if queues == 1 { "queue" } else { "queues" },
         describe_size(max_write),
-        describe_spill_over(&layout, max_write),
     );
 
     // Session::start has stat'ed the exported file, so the kernel knows its
@@ -592,9 +680,47 @@ fn describe_spill_over(layout: &SpillLayout, max_write: usize) -> String {
     }
 }
 
+/// `count` with the singular or plural noun: "1 queue", "2 queues".
+fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// Whether new mounts are offered FUSE-over-io_uring; if not, why, and how
+/// to turn it on, in one line.
+fn uring_offered(state: ParamState) -> Result<(), String> {
+    let path = fuse_dev::uring::PARAM_PATH;
+    match state {
+        ParamState::On => Ok(()),
+        ParamState::Off => Err(format!(
+            "the kernel does not offer FUSE-over-io_uring: {path} is N \
+             (to turn it on, as root: echo Y > {path})"
+        )),
+        ParamState::Missing => Err(format!(
+            "this kernel has no FUSE-over-io_uring: {path} does not exist \
+             (it needs Linux 6.14 or later built with CONFIG_FUSE_IO_URING)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_uring_switch_is_explained_in_one_line() {
+        assert_eq!(uring_offered(ParamState::On), Ok(()));
+        let off = uring_offered(ParamState::Off).unwrap_err();
+        assert!(
+            off.contains("/sys/module/fuse/parameters/enable_uring is N"),
+            "{off}"
+        );
+        assert!(off.contains("echo Y >"), "{off}");
+        let missing = uring_offered(ParamState::Missing).unwrap_err();
+        assert!(missing.contains("does not exist"), "{missing}");
+        assert!(!off.contains('\n') && !missing.contains('\n'));
+        assert_eq!(plural(1, "queue", "queues"), "1 queue");
+        assert_eq!(plural(2, "queue", "queues"), "2 queues");
+    }
 
     #[test]
     fn sizes_accept_suffixes_and_reject_garbage() {

@@ -259,6 +259,10 @@ impl Handler for QueueHandler {
         if let Op::Write { offset, durability } = op {
             return self.write(job, offset, durability, incoming, io);
         }
+        if let Op::Read { offset, size } = op {
+            // The request's own buffers may take the data.
+            return self.read(job, offset, size, incoming.into_buffers(), io);
+        }
         io.pool().give_chain(incoming.into_buffers());
         match op {
             Op::Getattr => io.reply(job, self.export.getattr_reply(unique, nodeid)),
@@ -269,7 +273,6 @@ impl Handler for QueueHandler {
             }
             Op::Setattr(arg) => self.setattr(job, arg, io),
             Op::Open { flags } => self.open(job, flags, io),
-            Op::Read { offset, size } => self.read(job, offset, size, io),
             Op::Statfs => io.reply(job, self.export.statfs_reply(unique)),
             Op::Release => io.reply(job, Reply::empty(unique)),
             Op::Sync { datasync } => self.sync(job, datasync, io),
@@ -285,8 +288,8 @@ impl Handler for QueueHandler {
                 log::debug!("{opcode} not supported");
                 io.reply_error(job, Errno::ENOSYS);
             }
-            // Handled above, before the buffers were given back.
-            Op::Write { .. } => {}
+            // Handled above, with the request's buffers.
+            Op::Write { .. } | Op::Read { .. } => {}
         }
     }
 

@@ -263,9 +263,20 @@ impl QueueHandler {
         }
     }
 
-    pub(super) fn read(&mut self, job: Job, offset: u64, size: u32, io: &mut QueueIo<'_, Pending>) {
+    /// READ: the aligned range around the request is read into `own` (the
+    /// buffers the request arrived in) when its first buffer holds it, else
+    /// into a bounce buffer, and replied from there.
+    pub(super) fn read(
+        &mut self,
+        job: Job,
+        offset: u64,
+        size: u32,
+        own: Chain,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
         let image_size = self.image().size();
         if offset >= image_size || size == 0 {
+            io.pool().give_chain(own);
             io.reply_data(job, Chain::new());
             return;
         }
@@ -273,11 +284,12 @@ impl QueueHandler {
         let (start, end) = aligned_range(offset, len, self.image().alignment());
         let span = (end - start) as usize;
         if span > self.export.bounce_len() {
+            io.pool().give_chain(own);
             log::error!("READ of {size} bytes exceeds the negotiated maximum");
             io.reply_error(job, Errno::EIO);
             return;
         }
-        match self.bounce(io, span) {
+        match self.read_destination(own, span, io) {
             Ok(chain) => io.submit(
                 job,
                 BackingOp::Read {
@@ -291,6 +303,34 @@ impl QueueHandler {
                 },
             ),
             Err(err) => io.reply_error(job, errno_of(&err)),
+        }
+    }
+
+    /// Where an aligned read of `span` bytes goes: the request's own first
+    /// buffer if it holds the whole span (no pool buffer needed; when the
+    /// request came through a FUSE-over-io_uring entry, that is the entry's
+    /// payload, so the data is read straight into the reply), else a bounce
+    /// buffer. The rest of `own` goes back to the pool.
+    fn read_destination(
+        &self,
+        mut own: Chain,
+        span: usize,
+        io: &mut QueueIo<'_, Pending>,
+    ) -> std::io::Result<Chain> {
+        let first = own.take_first();
+        io.pool().give_chain(own);
+        match first {
+            Some(first) if first.capacity() >= span => {
+                let mut chain = Chain::of(first);
+                chain.select(0, span);
+                Ok(chain)
+            }
+            other => {
+                if let Some(first) = other {
+                    io.pool().give_chain(Chain::of(first));
+                }
+                self.bounce(io, span)
+            }
         }
     }
 

@@ -242,6 +242,7 @@ impl ReadSlot {
             head,
             spill,
             len: n,
+            place: DataPlace::HeadThenSpill,
         })
     }
 
@@ -256,12 +257,33 @@ impl ReadSlot {
     }
 }
 
-/// A request as read from the kernel, owning the buffers it arrived in.
+/// A request as the kernel delivered it, owning the buffers it arrived in,
+/// whatever the transport:
+///
+/// * `readv`: the head block the read filled (header, op struct, and a
+///   WRITE's first page in its in-place page) and the spill-over tiers the
+///   read wrote into;
+/// * FUSE-over-io_uring: a head block from the pool holding a copy of the
+///   header and op struct (and, except for WRITE, the first bytes of the
+///   arguments after it), and the ring entry's payload buffer, lent to the
+///   request ([`LentPayload`](crate::uring::LentPayload)) until its buffers
+///   are given back.
 #[derive(Debug)]
 pub struct Incoming {
     head: AlignedBuf,
     spill: Chain,
     len: usize,
+    place: DataPlace,
+}
+
+/// Where the bytes after a request's op struct live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataPlace {
+    /// Contiguous from the head block on: its in-place page, then `spill`.
+    HeadThenSpill,
+    /// In `spill` alone (a ring entry's payload); the head block holds
+    /// `head_len` bytes from `HEAD_OFFSET`.
+    Payload { head_len: usize },
 }
 
 impl Incoming {
@@ -299,6 +321,27 @@ impl Incoming {
         Ok(incoming)
     }
 
+    /// A request delivered into a FUSE-over-io_uring ring entry: `head`
+    /// holds `head_len` bytes (header, op struct, a copy of the first
+    /// arguments) from `HEAD_OFFSET`; the entry's payload (`payload_len`
+    /// bytes delivered) is lent to the request; `len` is the header's.
+    pub(crate) fn from_ring(
+        head: AlignedBuf,
+        head_len: usize,
+        payload: crate::uring::LentPayload,
+        payload_len: usize,
+        len: usize,
+    ) -> Incoming {
+        Incoming {
+            head,
+            spill: Chain::of(Segment::lent(payload, 0, payload_len)),
+            len,
+            place: DataPlace::Payload {
+                head_len: head_len.min(HEAD_LEN),
+            },
+        }
+    }
+
     /// Bytes the kernel delivered.
     pub fn len(&self) -> usize {
         self.len
@@ -309,9 +352,13 @@ impl Incoming {
         self.len == 0
     }
 
-    /// The bytes delivered into the head block (`iov[0]`).
+    /// The request's first bytes, contiguous: header, op struct, and as
+    /// much of what follows as the head block holds (`iov[0]` of a read).
     pub fn head_bytes(&self) -> &[u8] {
-        let in_head = self.len.min(HEAD_LEN);
+        let in_head = match self.place {
+            DataPlace::HeadThenSpill => self.len.min(HEAD_LEN),
+            DataPlace::Payload { head_len } => head_len,
+        };
         &self.head.as_slice()[HEAD_OFFSET..HEAD_OFFSET + in_head]
     }
 
@@ -322,14 +369,26 @@ impl Incoming {
         Request::parse_prefix(self.head_bytes(), self.len)
     }
 
-    /// Number of spill-over tiers this request took from its slot.
+    /// Number of spill-over tiers this request took from its read slot (0
+    /// for a request delivered into a ring entry).
     pub fn spill_tiers(&self) -> usize {
-        self.spill.segment_count()
+        match self.place {
+            DataPlace::HeadThenSpill => self.spill.segment_count(),
+            DataPlace::Payload { .. } => 0,
+        }
     }
 
-    /// The data of a WRITE as a chain: the in-place page (from its aligned
-    /// start) followed by the spill-over it used. No bytes are copied.
+    /// The data of a WRITE as a chain, without copying a byte: the in-place
+    /// page (from its aligned start) followed by the spill-over it used, or
+    /// the ring entry's payload buffer (page-aligned too).
     pub fn into_write_data(self) -> Chain {
+        if let DataPlace::Payload { .. } = self.place {
+            let mut chain = self.spill;
+            // The head block travels along, empty, so that it goes back to
+            // the pool with the data. Cannot fail: the chain has one segment.
+            let _ = chain.push(Segment::new(self.head, 0, 0));
+            return chain;
+        }
         let in_page = self.len.saturating_sub(WRITE_HEADER_LEN).min(PAGE_SIZE);
         let mut chain = Chain::of(Segment::new(self.head, PAGE_SIZE, in_page));
         for segment in self.spill.into_segments() {
@@ -339,10 +398,18 @@ impl Incoming {
         chain
     }
 
-    /// Every buffer, for reuse (e.g. as the destination of a READ): the
-    /// in-place page first (window = the page), then the spill-over tiers
-    /// (window = whole tier).
+    /// Every buffer, for reuse (e.g. as the destination of a READ), largest
+    /// first where it matters: a ring entry's payload (whole buffer) then
+    /// the head block's in-place page; or the in-place page (window = the
+    /// page), then the spill-over tiers (window = whole tier). A READ
+    /// answered from a ring entry's own payload needs no copy.
     pub fn into_buffers(self) -> Chain {
+        if let DataPlace::Payload { .. } = self.place {
+            let mut chain = self.spill;
+            let _ = chain.push(Segment::new(self.head, PAGE_SIZE, PAGE_SIZE));
+            chain.set_len(chain.capacity_from_starts());
+            return chain;
+        }
         let mut chain = Chain::of(Segment::new(self.head, PAGE_SIZE, PAGE_SIZE));
         for segment in self.spill.into_segments() {
             let _ = chain.push(segment);

@@ -1,0 +1,234 @@
+//! End-to-end: which transport serves, and that each one says so. The rest
+//! of the suite runs once per transport (`FUSE_EXPORT_TEST_TRANSPORT`); the
+//! tests here pick the transport themselves.
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+use common::*;
+
+/// Waits for the server to log `text` (the startup line comes right after
+/// the export became ready).
+#[track_caller]
+fn assert_logged(server: &Server<'_>, text: &str) {
+    if poll_until(READY_TIMEOUT, || {
+        server.stderr().contains(text).then_some(())
+    })
+    .is_none()
+    {
+        panic!(
+            "the server did not log {text:?}; its log:\n{}",
+            server.stderr()
+        );
+    }
+}
+
+/// `--transport auto` with the kernel offering FUSE-over-io_uring serves
+/// through it: one ring queue per possible CPU, named in the startup line,
+/// and data goes through the ring entries both ways.
+#[test]
+fn auto_serves_over_io_uring_when_the_kernel_offers_it() {
+    if !skip_unless_fuse() {
+        return;
+    }
+    let _uring = match fuse_dev::uring::EnableUringGuard::acquire() {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("SKIP: {}: {err}", current_test_name());
+            return;
+        }
+    };
+    let queues = fuse_dev::uring::cpus::possible_cpus().expect("possible CPUs");
+    let dir = TestDir::new("auto-uring");
+    let image = dir.join("disk.raw");
+    let mount = dir.join("disk.img");
+    create_random_file(&image, 0xa070, 16 * MIB);
+    let server = Server::export(
+        &dir,
+        &image,
+        &mount,
+        &["--transport", "auto", "--queue-depth", "4"],
+    );
+    let described = format!(
+        "FUSE-over-io_uring, {queues} ring {} of 4 entries each",
+        if queues == 1 { "queue" } else { "queues" }
+    );
+    assert_logged(&server, &described);
+    // Unaligned and aligned writes and reads through the export, compared
+    // with the image afterwards.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&mount)
+        .unwrap();
+    let data = random_bytes(0xa071, 3 * MIB as usize + 17);
+    file.write_all_at(&data, 4096 * 3 + 5).unwrap();
+    let mut back = vec![0u8; data.len()];
+    file.read_exact_at(&mut back, 4096 * 3 + 5).unwrap();
+    assert_same_bytes("read back through the ring", &data, &back);
+    drop(file);
+    server.stop();
+    let image_bytes = read_file(&image);
+    assert_same_bytes(
+        "image after the ring export",
+        &data,
+        &image_bytes[4096 * 3 + 5..4096 * 3 + 5 + data.len()],
+    );
+}
+
+/// The startup line names the transport with its queues in words, whatever
+/// the kernel offers.
+#[test]
+fn the_startup_line_names_the_readv_transport_and_its_queues() {
+    if !skip_unless_fuse() {
+        return;
+    }
+    let dir = TestDir::new("readv-line");
+    let image = dir.join("disk.raw");
+    let mount = dir.join("disk.img");
+    create_sparse_file(&image, 4 * MIB);
+    let server = Server::export(
+        &dir,
+        &image,
+        &mount,
+        &[
+            "--transport",
+            "readv",
+            "--queues",
+            "3",
+            "--reads-per-queue",
+            "2",
+        ],
+    );
+    assert_logged(&server, "; readv, 3 queues with 2 posted reads each");
+    server.stop();
+}
+
+/// An explicit `--transport uring` that the kernel does not offer is one
+/// clear line naming the switch, exit code 2, nothing mounted. Meaningful
+/// only while the switch is off: other tests may turn it on at any moment,
+/// and a server that saw it on serves instead (then this test skips).
+#[test]
+fn explicit_uring_without_the_switch_is_one_clear_error() {
+    if !skip_unless_fuse() {
+        return;
+    }
+    let skip = |why: &str| eprintln!("SKIP: {}: {why}", current_test_name());
+    if fuse_dev::uring::param_state() != fuse_dev::uring::ParamState::Off {
+        return skip("the switch is on right now");
+    }
+    let dir = TestDir::new("uring-off");
+    let image = dir.join("disk.raw");
+    let mount = dir.join("disk.img");
+    create_sparse_file(&image, MIB);
+    let args: Vec<OsString> = vec![
+        "--transport".into(),
+        "uring".into(),
+        "--image".into(),
+        image.clone().into(),
+        "--mount".into(),
+        mount.clone().into(),
+    ];
+    let mut server = Server::spawn_with_env(&dir, &args, &mount, &[("RUST_LOG", "info".as_ref())]);
+    let status = poll_until(STOP_TIMEOUT, || {
+        if server.stderr().contains("info: serving") {
+            return Some(None);
+        }
+        server.wait_for_exit(std::time::Duration::ZERO).map(Some)
+    })
+    .expect("the server neither exited nor served");
+    let Some(status) = status else {
+        // Dropping the guard stops it.
+        return skip("the switch was turned on by another test meanwhile");
+    };
+    let log = server.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(status.code(), Some(2), "exit status; log:\n{log}");
+    assert_eq!(lines.len(), 1, "one line; log:\n{log}");
+    assert!(
+        lines[0].starts_with("fuse-export: --transport uring: ")
+            && lines[0].contains(fuse_dev::uring::PARAM_PATH),
+        "the line names the switch: {log}"
+    );
+    assert!(!is_mounted(&mount), "nothing stays mounted");
+    assert!(
+        !mount.exists(),
+        "the mountpoint it would have created is gone"
+    );
+}
+
+/// With FUSE-over-io_uring, the pages a burst of large writes made resident
+/// in the ring entries are given back once the export is idle: the queue
+/// says so in its log, and the resident memory drops back to about what it
+/// was before the burst.
+#[test]
+fn a_burst_of_large_writes_gives_its_memory_back() {
+    if !skip_unless_fuse() || !require_tools(&["dd"]) {
+        return;
+    }
+    let _uring = match fuse_dev::uring::EnableUringGuard::acquire() {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("SKIP: {}: {err}", current_test_name());
+            return;
+        }
+    };
+    let dir = TestDir::new("uring-give-back");
+    let image = dir.join("disk.raw");
+    let mount = dir.join("disk.img");
+    create_sparse_file(&image, 256 * MIB);
+    let source = dir.join("source");
+    create_random_file(&source, 0xb0b, 32 * MIB);
+    let server = Server::export_with_env(
+        &dir,
+        &image,
+        &mount,
+        &["--transport", "uring"],
+        &[("RUST_LOG", "debug".as_ref())],
+    );
+    let before = server.resident_kib().expect("the server's VmRSS");
+    // Four writers at once, 1 MiB O_DIRECT writes: several entries per
+    // queue fill their whole payload buffer.
+    let writers: Vec<KillOnDrop> = (0..4u64)
+        .map(|i| {
+            KillOnDrop::spawn(&mut dd(&[
+                format!("if={}", source.display()),
+                format!("of={}", mount.display()),
+                "bs=1M".to_string(),
+                format!("seek={}", i * 32),
+                "oflag=direct".to_string(),
+                "conv=notrunc".to_string(),
+                "status=none".to_string(),
+            ]))
+        })
+        .collect();
+    for mut writer in writers {
+        let status = writer.wait_for_exit(COMMAND_TIMEOUT).expect("dd finished");
+        assert!(status.success(), "dd: {}", writer.stderr());
+    }
+    let released = poll_until(STOP_TIMEOUT, || {
+        server
+            .stderr()
+            .contains("gave back the pages of")
+            .then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "no ring queue gave its idle entries back; log:\n{}",
+        server.stderr()
+    );
+    // Every queue that served the burst releases its entries (one log line
+    // each); what stays are a few pool buffers of small size.
+    let settled = poll_until(STOP_TIMEOUT, || {
+        server.resident_kib().filter(|&now| now <= before + 1024)
+    });
+    assert!(
+        settled.is_some(),
+        "resident memory stayed at {:?} KiB (before the burst: {before} KiB)",
+        server.resident_kib()
+    );
+    server.stop();
+}
