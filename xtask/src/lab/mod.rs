@@ -22,7 +22,6 @@ mod plot;
 mod report;
 mod results;
 mod runner;
-mod stats;
 mod target;
 mod workload;
 
@@ -36,7 +35,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use plan::{Duration, GIB, MIB, Mode, Plan, QUEUE_DEPTH, ServerCapabilities, ServerOptions};
+use plan::{Duration, GIB, MIB, Plan, QUEUE_DEPTH, ServerCapabilities, ServerOptions};
 use plan::{Settings, TRANSPORT};
 use results::{LabResults, RunContext};
 use runner::{Runner, Workspace};
@@ -80,7 +79,7 @@ pub struct LabArgs {
 
 impl LabArgs {
     fn settings(&self) -> Settings {
-        let mut settings = Settings::for_mode(if self.quick { Mode::Quick } else { Mode::Full });
+        let mut settings = Settings::new(self.quick);
         if let Some(repetitions) = self.repetitions {
             settings.repetitions = repetitions;
         }
@@ -95,9 +94,9 @@ impl LabArgs {
     fn variants(&self) -> Vec<ServerOptions> {
         let mut variants = vec![ServerOptions::default()];
         for (knob, values) in [
-            (&TRANSPORT, self.transport.clone()),
+            (TRANSPORT, self.transport.clone()),
             (
-                &QUEUE_DEPTH,
+                QUEUE_DEPTH,
                 self.queue_depth.iter().map(u32::to_string).collect(),
             ),
         ] {
@@ -116,14 +115,14 @@ impl LabArgs {
 pub fn plan_for(args: &LabArgs, capabilities: &ServerCapabilities) -> Result<Plan, String> {
     let variants = args.variants();
     for (knob, value) in variants.iter().flat_map(|v| {
-        [&TRANSPORT, &QUEUE_DEPTH]
+        [TRANSPORT, QUEUE_DEPTH]
             .into_iter()
             .filter_map(|knob| Some((knob, v.get(knob)?)))
     }) {
-        if !capabilities.offers(knob.flag, value) {
+        if !capabilities.offers(&knob.flag(), value) {
             return Err(format!(
                 "this fuse-export build does not offer {} {value}",
-                knob.flag
+                knob.flag()
             ));
         }
     }
@@ -219,7 +218,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         image.display()
     );
     prepare_image(&image, settings.image_size)?;
-    let (source, source_note) = convert_source_path(&scratch, settings.convert_size);
+    let (source, source_note) = convert_source_path(&scratch, settings.image_size);
     let needs_source = plan
         .groups
         .iter()
@@ -227,10 +226,10 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     let _source_guard = if needs_source {
         println!(
             "lab: writing {} random convert source {}",
-            plan::size_long(settings.convert_size),
+            plan::size_long(settings.image_size),
             source.display()
         );
-        write_random_file(&source, settings.convert_size, 0x5eed_0fc0_47e7)?;
+        write_random_file(&source, settings.image_size, 0x5eed_0fc0_47e7)?;
         Some(RemoveOnDrop(source.clone()))
     } else {
         None
@@ -344,7 +343,7 @@ impl Drop for RemoveOnDrop {
 fn uring_note(plan: &Plan) -> Option<String> {
     const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
     let uses_uring = plan.groups.iter().flat_map(|g| &g.targets).any(|target| {
-        matches!(target, plan::Target::FuseExport(options) if options.get(&TRANSPORT) == Some("uring"))
+        matches!(target, plan::Target::FuseExport(options) if options.get(TRANSPORT) == Some("uring"))
     });
     let enabled = fs::read_to_string(ENABLE_URING).is_ok_and(|value| value.trim() == "Y");
     (uses_uring && !enabled).then(|| {
@@ -529,7 +528,7 @@ mod tests {
             ..LabArgs::default()
         };
         let plan = plan_for(&args, &ServerCapabilities::default()).unwrap();
-        assert_eq!(plan.settings.mode, Mode::Quick);
+        assert!(plan.settings.quick);
         assert!(plan.run_count() > 10);
         let listing = plan.describe();
         assert!(

@@ -4,9 +4,8 @@
 use plotters::coord::combinators::BindKeyPoints as _;
 use plotters::prelude::*;
 
-use super::plan::{Engine, FioJob, KIB, Metric, Pattern, size_short};
-use super::results::LabResults;
-use super::stats::Summary;
+use super::plan::{Engine, FioJob, KIB, Metric, Pattern, Workload, size_short};
+use super::results::{LabResults, Summary};
 
 /// One line of a plot.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,31 +26,35 @@ pub struct Plot {
     pub series: Vec<Series>,
 }
 
-/// Medians and spreads of the matrix's fio jobs matching `select`, as one
-/// series per target with `x_of` on the x axis.
+/// Medians and spreads of `metric` for the matrix's io_uring fio jobs of
+/// `pattern` that `select` keeps, as one series per target with `x_of` on
+/// the x axis.
 fn matrix_series(
     results: &LabResults,
+    pattern: Pattern,
     select: impl Fn(&FioJob) -> bool,
     x_of: impl Fn(&FioJob) -> f64,
     metric: Metric,
 ) -> Vec<Series> {
     let mut series: Vec<Series> = Vec::new();
     for (group_index, group) in results.plan.groups.iter().enumerate() {
-        let Some(job) = group.workload.bare_fio().filter(|job| select(job)) else {
-            continue;
+        let job = match group.workload {
+            Workload::Fio(job)
+                if group.name == "matrix"
+                    && job.pattern == pattern
+                    && job.engine == Engine::IoUring
+                    && select(&job) =>
+            {
+                job
+            }
+            _ => continue,
         };
-        if group.name != "matrix" {
-            continue;
-        }
         for (target_index, target) in group.targets.iter().enumerate() {
-            let values = results
-                .records_of(group_index, target_index)
-                .filter_map(|r| r.outcome.measurement()?.value(metric));
-            let Some(summary) = Summary::of(values) else {
+            let case = results.case(group_index, target_index);
+            let Some(summary) = case.summary(|m, _| m.value(metric)) else {
                 continue;
             };
-            let label = target.label();
-            let point = (x_of(job), summary);
+            let (label, point) = (target.label(), (x_of(&job), summary));
             match series.iter_mut().find(|s| s.label == label) {
                 Some(existing) => existing.points.push(point),
                 None => series.push(Series {
@@ -66,52 +69,52 @@ fn matrix_series(
 
 /// Throughput against block size and IOPS against queue depth.
 pub fn plots(results: &LabResults) -> Vec<Plot> {
-    let seq = [
-        (
+    let plot = |file: &str, title: String, x_is_size, series| Plot {
+        file: file.into(),
+        title,
+        x_label: if x_is_size {
+            "block size"
+        } else {
+            "queue depth"
+        }
+        .into(),
+        y_label: if x_is_size { "MiB/s" } else { "IOPS" }.into(),
+        x_is_size,
+        series,
+    };
+    let seq = |pattern, file, what: &str| {
+        let title = format!("{what}, O_DIRECT, io_uring QD16");
+        let block_size = |job: &FioJob| job.block_size as f64;
+        let series = matrix_series(results, pattern, |_| true, block_size, Metric::MibPerSec);
+        plot(file, title, true, series)
+    };
+    let random = |pattern, file, what: &str| {
+        let title = format!("{what}, O_DIRECT, io_uring");
+        let small = |job: &FioJob| job.block_size == 4 * KIB;
+        let depth = |job: &FioJob| f64::from(job.iodepth);
+        plot(
+            file,
+            title,
+            false,
+            matrix_series(results, pattern, small, depth, Metric::Iops),
+        )
+    };
+    let plots = [
+        seq(
             Pattern::SeqRead,
             "throughput-seq-read.svg",
             "Sequential read",
         ),
-        (
+        seq(
             Pattern::SeqWrite,
             "throughput-seq-write.svg",
             "Sequential write",
         ),
-    ]
-    .map(|(pattern, file, what)| Plot {
-        file: file.into(),
-        title: format!("{what}, O_DIRECT, io_uring QD16"),
-        x_label: "block size".into(),
-        y_label: "MiB/s".into(),
-        x_is_size: true,
-        series: matrix_series(
-            results,
-            |job| job.pattern == pattern && job.engine == Engine::IoUring,
-            |job| job.block_size as f64,
-            Metric::MibPerSec,
-        ),
-    });
-    let random = [
-        (Pattern::RandRead, "iops-randread.svg", "4k random read"),
-        (Pattern::RandWrite, "iops-randwrite.svg", "4k random write"),
-    ]
-    .map(|(pattern, file, what)| Plot {
-        file: file.into(),
-        title: format!("{what}, O_DIRECT, io_uring"),
-        x_label: "queue depth".into(),
-        y_label: "IOPS".into(),
-        x_is_size: false,
-        series: matrix_series(
-            results,
-            |job| {
-                job.pattern == pattern && job.engine == Engine::IoUring && job.block_size == 4 * KIB
-            },
-            |job| f64::from(job.iodepth),
-            Metric::Iops,
-        ),
-    });
-    seq.into_iter()
-        .chain(random)
+        random(Pattern::RandRead, "iops-randread.svg", "4k random read"),
+        random(Pattern::RandWrite, "iops-randwrite.svg", "4k random write"),
+    ];
+    plots
+        .into_iter()
         .filter(|plot| !plot.series.is_empty())
         .collect()
 }
