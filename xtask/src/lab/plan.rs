@@ -284,6 +284,8 @@ const RAND_RW70: Preset = Preset::Fio(Pattern::RandRw70, 4 * KIB, 32);
 const SEQ_READ_1M: Preset = Preset::Fio(Pattern::SeqRead, MIB, SEQ_IODEPTH);
 const SEQ_WRITE_64K: Preset = Preset::Fio(Pattern::SeqWrite, 64 * KIB, SEQ_IODEPTH);
 const SEQ_WRITE_1M: Preset = Preset::Fio(Pattern::SeqWrite, MIB, SEQ_IODEPTH);
+const CONVERT_DIRECT: Preset = Preset::ConvertDirect;
+const DD_WRITE: Preset = Preset::DdWrite;
 
 impl Preset {
     fn workload(self, settings: &Settings) -> Workload {
@@ -352,7 +354,7 @@ pub static KNOBS: [Knob; 8] = [
         quick_values: &[],
         // The last is the headline: passthrough takes the server off the
         // data path.
-        workloads: &[RAND_READ, RAND_WRITE, SEQ_READ_1M, Preset::ConvertDirect],
+        workloads: &[RAND_READ, RAND_WRITE, SEQ_READ_1M, CONVERT_DIRECT],
     },
     Knob {
         name: "queue_depth",
@@ -371,12 +373,7 @@ pub static KNOBS: [Knob; 8] = [
                 sends the pieces of a large request together)",
         values: &["parallel-writers", "parallel-chunks"],
         quick_values: &["parallel-writers", "parallel-chunks"],
-        workloads: &[
-            Preset::ConvertDirect,
-            Preset::DdWrite,
-            RAND_WRITE,
-            SEQ_WRITE_1M,
-        ],
+        workloads: &[CONVERT_DIRECT, DD_WRITE, RAND_WRITE, SEQ_WRITE_1M],
     },
     Knob {
         name: "queues",
@@ -392,7 +389,7 @@ pub static KNOBS: [Knob; 8] = [
         about: "largest WRITE (and READ) the kernel sends; larger client I/O is split",
         values: &["4K", "64K", "1M"],
         quick_values: &["64K", "1M"],
-        workloads: &[Preset::DdWrite, Preset::ConvertDirect],
+        workloads: &[DD_WRITE, CONVERT_DIRECT],
     },
     Knob {
         name: "spill_tiers",

@@ -4,7 +4,7 @@
 use plotters::coord::combinators::BindKeyPoints as _;
 use plotters::prelude::*;
 
-use super::plan::{Engine, FioJob, KIB, Metric, Pattern, Workload, size_short};
+use super::plan::{Engine, KIB, Metric, Pattern, Workload, size_short};
 use super::results::{LabResults, Summary};
 
 /// One line of a plot.
@@ -26,40 +26,43 @@ pub struct Plot {
     pub series: Vec<Series>,
 }
 
-/// Medians and spreads of `metric` for the matrix's io_uring fio jobs of
-/// `pattern` that `select` keeps, as one series per target with `x_of` on
-/// the x axis.
-fn matrix_series(
-    results: &LabResults,
-    pattern: Pattern,
-    select: impl Fn(&FioJob) -> bool,
-    x_of: impl Fn(&FioJob) -> f64,
-    metric: Metric,
-) -> Vec<Series> {
+/// Medians and spreads for the matrix's io_uring fio jobs of `pattern`, as
+/// one series per target: MiB/s against block size `by_size`, else IOPS of
+/// the 4k jobs against queue depth.
+fn matrix_series(results: &LabResults, pattern: Pattern, by_size: bool) -> Vec<Series> {
+    let metric = if by_size {
+        Metric::MibPerSec
+    } else {
+        Metric::Iops
+    };
     let mut series: Vec<Series> = Vec::new();
     for (group_index, group) in results.plan.groups.iter().enumerate() {
         let job = match group.workload {
-            Workload::Fio(job)
-                if group.name == "matrix"
-                    && job.pattern == pattern
-                    && job.engine == Engine::IoUring
-                    && select(&job) =>
-            {
-                job
-            }
+            Workload::Fio(job) if group.name == "matrix" => job,
             _ => continue,
+        };
+        if job.pattern != pattern
+            || job.engine != Engine::IoUring
+            || !(by_size || job.block_size == 4 * KIB)
+        {
+            continue;
+        }
+        let x = if by_size {
+            job.block_size as f64
+        } else {
+            f64::from(job.iodepth)
         };
         for (target_index, target) in group.targets.iter().enumerate() {
             let case = results.case(group_index, target_index);
-            let Some(summary) = case.summary(|m, _| m.value(metric)) else {
+            let Some(y) = case.summary(|m, _| m.value(metric)) else {
                 continue;
             };
-            let (label, point) = (target.label(), (x_of(&job), summary));
+            let label = target.label();
             match series.iter_mut().find(|s| s.label == label) {
-                Some(existing) => existing.points.push(point),
+                Some(existing) => existing.points.push((x, y)),
                 None => series.push(Series {
                     label,
-                    points: vec![point],
+                    points: vec![(x, y)],
                 }),
             }
         }
@@ -69,50 +72,49 @@ fn matrix_series(
 
 /// Throughput against block size and IOPS against queue depth.
 pub fn plots(results: &LabResults) -> Vec<Plot> {
-    let plot = |file: &str, title: String, x_is_size, series| Plot {
-        file: file.into(),
-        title,
-        x_label: if x_is_size {
-            "block size"
-        } else {
-            "queue depth"
-        }
-        .into(),
-        y_label: if x_is_size { "MiB/s" } else { "IOPS" }.into(),
-        x_is_size,
-        series,
-    };
-    let seq = |pattern, file, what: &str| {
-        let title = format!("{what}, O_DIRECT, io_uring QD16");
-        let block_size = |job: &FioJob| job.block_size as f64;
-        let series = matrix_series(results, pattern, |_| true, block_size, Metric::MibPerSec);
-        plot(file, title, true, series)
-    };
-    let random = |pattern, file, what: &str| {
-        let title = format!("{what}, O_DIRECT, io_uring");
-        let small = |job: &FioJob| job.block_size == 4 * KIB;
-        let depth = |job: &FioJob| f64::from(job.iodepth);
-        plot(
-            file,
-            title,
-            false,
-            matrix_series(results, pattern, small, depth, Metric::Iops),
-        )
-    };
+    let sequential = ", O_DIRECT, io_uring QD16";
     let plots = [
-        seq(
+        (
             Pattern::SeqRead,
             "throughput-seq-read.svg",
             "Sequential read",
+            sequential,
         ),
-        seq(
+        (
             Pattern::SeqWrite,
             "throughput-seq-write.svg",
             "Sequential write",
+            sequential,
         ),
-        random(Pattern::RandRead, "iops-randread.svg", "4k random read"),
-        random(Pattern::RandWrite, "iops-randwrite.svg", "4k random write"),
+        (
+            Pattern::RandRead,
+            "iops-randread.svg",
+            "4k random read",
+            ", O_DIRECT, io_uring",
+        ),
+        (
+            Pattern::RandWrite,
+            "iops-randwrite.svg",
+            "4k random write",
+            ", O_DIRECT, io_uring",
+        ),
     ];
+    let plots = plots.map(|(pattern, file, what, how)| {
+        let x_is_size = matches!(pattern, Pattern::SeqRead | Pattern::SeqWrite);
+        let (x_label, y_label) = if x_is_size {
+            ("block size", "MiB/s")
+        } else {
+            ("queue depth", "IOPS")
+        };
+        Plot {
+            file: file.into(),
+            title: format!("{what}{how}"),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            x_is_size,
+            series: matrix_series(results, pattern, x_is_size),
+        }
+    });
     plots
         .into_iter()
         .filter(|plot| !plot.series.is_empty())

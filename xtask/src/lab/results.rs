@@ -123,14 +123,17 @@ pub struct RunRecord {
     pub outcome: Outcome,
 }
 
-impl RunRecord {
-    /// This record's primary metric ÷ `baseline`'s, if both were measured.
-    pub fn ratio_to(&self, baseline: &RunRecord, group: &Group) -> Option<f64> {
-        let metric = group.workload.metric();
-        let value = self.outcome.measurement()?.value(metric)?;
-        let base = baseline.outcome.measurement()?.value(metric)?;
-        (base > 0.0).then(|| value / base)
-    }
+/// `record`'s primary metric ÷ that of plain in the same repetition, found
+/// among `records`, if both were measured.
+pub fn ratio_to_plain(records: &[RunRecord], record: &RunRecord, group: &Group) -> Option<f64> {
+    let plain = group.targets.iter().position(|t| *t == Target::Plain)?;
+    let baseline = records
+        .iter()
+        .find(|r| (r.group, r.target, r.repetition) == (record.group, plain, record.repetition))?;
+    let metric = group.workload.metric();
+    let value = record.outcome.measurement()?.value(metric)?;
+    let base = baseline.outcome.measurement()?.value(metric)?;
+    (base > 0.0).then(|| value / base)
 }
 
 /// Allocation counts of the short and the long run of one probe.
@@ -186,12 +189,7 @@ pub struct LabResults {
 impl LabResults {
     /// target ÷ plain of the primary metric for one record, if both measured.
     pub fn ratio(&self, record: &RunRecord) -> Option<f64> {
-        let group = &self.plan.groups[record.group];
-        let plain = group.targets.iter().position(|t| *t == Target::Plain)?;
-        let baseline = self.records.iter().find(|r| {
-            (r.group, r.target, r.repetition) == (record.group, plain, record.repetition)
-        })?;
-        record.ratio_to(baseline, group)
+        ratio_to_plain(&self.records, record, &self.plan.groups[record.group])
     }
 
     /// The runs of target `target` in group `group`.

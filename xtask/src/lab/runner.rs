@@ -1,13 +1,12 @@
 //! Executes a plan: interleaved repetitions, one fresh server per run.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::host;
 use super::plan::{AllocProbe, Duration, FioJob, Group, Plan, Target, Workload};
 use super::report::compact;
-use super::results::{AllocCounts, AllocRecord, Outcome, RunRecord, ServerUsage};
+use super::results::{AllocCounts, AllocRecord, Outcome, RunRecord, ServerUsage, ratio_to_plain};
 use super::target::{self, ServerProcess};
 use super::workload::{self, ClientFiles, Measurement};
 
@@ -18,15 +17,15 @@ pub struct Workspace {
     pub image_size: u64,
     pub mountpoint: PathBuf,
     pub logs: PathBuf,
-    /// The client's files; each run gets its own log and fio report.
-    pub client: ClientFiles,
+    /// Random raw image `qemu-img convert` reads (at least as large as any
+    /// convert workload).
+    pub source: PathBuf,
+    /// Where the ext4 workloads mount their filesystem.
+    pub ext4_dir: PathBuf,
     /// The fuse-export binary, or why there is none.
     pub server: Result<PathBuf, String>,
     /// The `--features alloc-count` binary, or why there is none.
     pub alloc_server: Result<PathBuf, String>,
-    /// Client and peer programs that are missing, with the reason.
-    pub missing: BTreeMap<&'static str, String>,
-    pub fuse_device: Result<(), String>,
 }
 
 /// Runs the plan and reports progress on stdout, one line per run.
@@ -74,16 +73,12 @@ impl<'a> Runner<'a> {
                         repetition,
                         outcome,
                     };
-                    let baseline = records.iter().find(|r| {
-                        (r.group, r.repetition) == (group_index, repetition)
-                            && group.targets[r.target] == Target::Plain
-                    });
                     let detail = match &record.outcome {
                         Outcome::Measured {
                             measurement,
                             server,
                         } => {
-                            let ratio = baseline.and_then(|base| record.ratio_to(base, group));
+                            let ratio = ratio_to_plain(&records, &record, group);
                             describe_measurement(measurement, server.as_ref(), ratio)
                         }
                         other => other.problem().unwrap_or_default(),
@@ -120,17 +115,15 @@ impl<'a> Runner<'a> {
 
     /// Why `target` cannot run `workload` here, if it cannot.
     fn unavailable(&self, workload: &Workload, target: &Target) -> Option<String> {
-        let ws = self.workspace;
-        let missing = |tool| ws.missing.get(tool).cloned();
-        let fuse = || ws.fuse_device.clone().err();
+        let fuse = || (!Path::new("/dev/fuse").exists()).then(|| "/dev/fuse is missing".into());
         workload
             .tools()
             .iter()
-            .find_map(missing)
+            .find_map(|tool| host::missing(tool))
             .or_else(|| match target {
                 Target::Plain => None,
-                Target::FuseExport(_) => fuse().or(ws.server.clone().err()),
-                Target::Qsd => fuse().or_else(|| missing(&"qemu-storage-daemon")),
+                Target::FuseExport(_) => fuse().or(self.workspace.server.clone().err()),
+                Target::Qsd => fuse().or_else(|| host::missing("qemu-storage-daemon")),
             })
     }
 
@@ -162,9 +155,10 @@ impl<'a> Runner<'a> {
     ) -> Result<(Measurement, Option<ServerUsage>, String), String> {
         let ws = self.workspace;
         let client = ClientFiles {
-            log: ws.logs.join(format!("{stem}.client.log")),
+            source: ws.source.clone(),
             fio_report: ws.logs.join(format!("{stem}.fio.json")),
-            ..ws.client.clone()
+            log: ws.logs.join(format!("{stem}.client.log")),
+            ext4_dir: ws.ext4_dir.clone(),
         };
         let (name, command, owns_mountpoint) = match target {
             Target::Plain => {
