@@ -265,4 +265,25 @@ mod tests {
         assert_eq!(queue_totals("nothing here"), None);
         assert_eq!(allocations("allocations: lots"), None);
     }
+
+    #[test]
+    fn thread_sampling_sees_threads_the_work_started() {
+        // The workers wait at the barrier until after the sampling ended,
+        // so its last sample sees them whatever the scheduling.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let (workers, max) = most_threads_during(std::process::id(), || {
+            let spawn = |barrier: std::sync::Arc<std::sync::Barrier>| {
+                thread::spawn(move || {
+                    barrier.wait();
+                })
+            };
+            (0..3).map(|_| spawn(barrier.clone())).collect::<Vec<_>>()
+        });
+        barrier.wait();
+        workers
+            .into_iter()
+            .for_each(|worker| worker.join().unwrap());
+        // The test's own thread, the sampler and the three workers.
+        assert!(max >= 5, "{max}");
+    }
 }

@@ -247,4 +247,52 @@ mod tests {
         assert!(run_command(missing, Duration::from_secs(1), &log).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// dd and qemu-img on a small plain file: the command lines work and
+    /// convert copies the source's first `size` bytes onto the target.
+    #[test]
+    fn copy_workloads_run_on_a_plain_file() {
+        let dir = std::env::temp_dir().join(format!("lab-copy-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (image, source) = (dir.join("image.raw"), dir.join("source.raw"));
+        fs::write(&image, vec![1u8; 2 * MIB as usize]).unwrap();
+        let data: Vec<u8> = (0..3 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&source, &data).unwrap();
+        let files = ClientFiles {
+            source: source.clone(),
+            fio_report: dir.join("fio.json"),
+            log: dir.join("client.log"),
+            ext4_dir: dir.join("ext4"),
+        };
+        let size = 2 * MIB;
+        for workload in [
+            Workload::Dd { write: false, size },
+            Workload::Dd { write: true, size },
+            Workload::Convert { direct: true, size },
+            Workload::Convert {
+                direct: false,
+                size,
+            },
+        ] {
+            if let Some(reason) = workload
+                .tools()
+                .iter()
+                .find_map(|tool| crate::lab::host::missing(tool))
+            {
+                println!("SKIP: {}: {reason}", workload.id());
+                continue;
+            }
+            let prepared = prepare(&workload, &image, size, files.clone()).unwrap();
+            let measurement = prepared.run().unwrap();
+            assert_eq!(measurement.bytes, size, "{}", workload.id());
+            assert!(measurement.seconds > 0.0, "{}", workload.id());
+            if let Workload::Dd { write: true, .. } = workload {
+                assert_eq!(fs::read(&image).unwrap(), vec![0u8; size as usize]);
+            }
+            if let Workload::Convert { .. } = workload {
+                assert_eq!(fs::read(&image).unwrap(), data[..size as usize]);
+            }
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
