@@ -93,7 +93,8 @@ impl LabArgs {
             (QUEUE_DEPTH, queue_depths),
         ] {
             if !values.is_empty() {
-                variants = (variants.iter())
+                variants = variants
+                    .iter()
                     .flat_map(|v| values.iter().map(|value| v.clone().with(knob, value)))
                     .collect();
             }
@@ -200,7 +201,10 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     );
     prepare_image(&image, size)?;
     let (source, source_note) = convert_source_path(&scratch, size);
-    let needs_source = (plan.groups.iter()).any(|g| matches!(g.workload, Workload::Convert { .. }));
+    let needs_source = plan
+        .groups
+        .iter()
+        .any(|g| matches!(g.workload, Workload::Convert { .. }));
     let _source_guard = if needs_source {
         println!(
             "lab: writing {} random convert source {}",

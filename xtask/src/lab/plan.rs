@@ -447,8 +447,10 @@ impl ServerOptions {
     }
 
     pub fn get(&self, knob: &Knob) -> Option<&str> {
-        let mut set = self.0.iter().filter(|(k, _)| *k == knob);
-        set.next().map(|(_, value)| value.as_str())
+        let mut options = self.0.iter();
+        options
+            .find(|(k, _)| *k == knob)
+            .map(|(_, value)| value.as_str())
     }
 
     pub fn args(&self) -> Vec<String> {
@@ -461,7 +463,9 @@ impl ServerOptions {
     /// `fuse-export`, or `fuse-export[queues=4,...]` with every option that
     /// differs from the lab default.
     pub fn label(&self) -> String {
-        let parts: Vec<String> = (self.0.iter())
+        let parts: Vec<String> = self
+            .0
+            .iter()
             .filter(|(knob, value)| !(*knob == QUEUES && value == LAB_DEFAULT_QUEUES))
             .map(|(knob, value)| format!("{}={}", knob.label, knob.shown(value)))
             .collect();
@@ -579,7 +583,9 @@ impl ServerCapabilities {
 
     /// Whether the server has the option `flag` (e.g. `--queues`).
     pub fn supports(&self, flag: &str) -> bool {
-        (self.options.as_ref()).is_none_or(|options| options.contains_key(flag))
+        self.options
+            .as_ref()
+            .is_none_or(|options| options.contains_key(flag))
     }
 
     /// Whether the server accepts `flag value`: it has the option, and
@@ -682,11 +688,10 @@ impl Plan {
             .chain([Target::Qsd])
             .collect();
         for workload in matrix_workloads(settings) {
-            let (name, targets) = ("matrix".into(), targets.clone());
             plan.groups.push(Group {
-                name,
+                name: "matrix".into(),
                 workload,
-                targets,
+                targets: targets.clone(),
             });
         }
         for knob in &KNOBS {
@@ -697,18 +702,19 @@ impl Plan {
         } else {
             &[RAND_READ, RAND_WRITE, SEQ_READ_1M, SEQ_WRITE_1M, RAND_RW70]
         };
-        for preset in probes {
-            if let Workload::Fio(job) = preset.workload(settings) {
-                let job = FioJob {
-                    runtime_secs: settings.alloc_probe_secs.1,
-                    ..job
-                };
-                let probes = variants.iter().map(|options| AllocProbe {
-                    job,
-                    options: options.clone(),
-                });
-                plan.alloc_probes.extend(probes);
-            }
+        for job in probes
+            .iter()
+            .filter_map(|p| p.workload(settings).fio_job().copied())
+        {
+            let job = FioJob {
+                runtime_secs: settings.alloc_probe_secs.1,
+                ..job
+            };
+            let probes = variants.iter().map(|options| AllocProbe {
+                job,
+                options: options.clone(),
+            });
+            plan.alloc_probes.extend(probes);
         }
         plan
     }
@@ -723,14 +729,12 @@ impl Plan {
     ) {
         let flag = knob.flag();
         let quick = self.settings.quick;
-        let mut values: Vec<String> = (if quick {
+        let own = if quick {
             knob.quick_values
         } else {
             knob.values
-        })
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+        };
+        let mut values: Vec<String> = own.iter().map(|v| v.to_string()).collect();
         let mut skip = |what: String, reason: String| self.skipped.push(Skipped { what, reason });
         if values.is_empty() {
             let reason = "not swept in --quick (the full run sweeps it)".into();
@@ -786,7 +790,9 @@ impl Plan {
             patterns.iter().any(|pattern| id.contains(pattern.as_str()))
         };
         self.groups.retain_mut(|group| {
-            let keep: Vec<bool> = (group.targets.iter())
+            let keep: Vec<bool> = group
+                .targets
+                .iter()
                 .map(|target| matches(group.case_id(target)))
                 .collect();
             let mut flags = keep.iter();
@@ -823,8 +829,10 @@ impl Plan {
     /// A rough duration of the whole plan, to decide whether to start it now.
     pub fn estimate_secs(&self) -> f64 {
         let repetitions = f64::from(self.settings.repetitions);
-        let runs =
-            (self.groups.iter()).flat_map(|group| group.targets.iter().map(move |t| (group, t)));
+        let runs = self
+            .groups
+            .iter()
+            .flat_map(|group| group.targets.iter().map(move |t| (group, t)));
         let groups: f64 = runs
             .map(|(group, target)| self.run_estimate_secs(group, target) * repetitions)
             .sum();

@@ -325,7 +325,8 @@ fn goal_row(
     row.push(match verdicts.as_slice() {
         [] => status(None),
         [(_, met)] => status(*met),
-        several => (several.iter())
+        several => several
+            .iter()
             .map(|(label, met)| format!("{label}: {}", status(*met)))
             .collect::<Vec<_>>()
             .join("; "),
@@ -394,16 +395,21 @@ fn goal_rows(results: &LabResults, columns: &[String]) -> Vec<Vec<String>> {
     }));
 
     // Allocations: every probe must show none in steady state.
-    let why_not = (results.allocs.iter())
+    let why_not = results
+        .allocs
+        .iter()
         .find_map(|r| r.outcome.as_ref().err().cloned())
         .unwrap_or_else(|| "no allocation probe ran".into());
     let goal = "zero allocations per request in steady state";
     rows.push(goal_row(goal, columns, &why_not, |label| {
-        let measured: Vec<&AllocCounts> = (results.allocs.iter())
+        let measured: Vec<&AllocCounts> = results
+            .allocs
+            .iter()
             .filter(|r| results.plan.alloc_probes[r.probe].options.label() == label)
             .filter_map(|r| r.outcome.as_ref().ok())
             .collect();
-        let worst = (measured.iter())
+        let worst = measured
+            .iter()
             .filter_map(|c| c.steady_state_per_request())
             .reduce(f64::max);
         let extra = |f: fn(&AllocCounts) -> u64| measured.iter().map(|c| f(c)).sum::<u64>();
@@ -499,7 +505,9 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
         );
 
         md.push_str("\n## Latency (fio completion latency, µs, p50 / p99)\n\n");
-        let fio: Vec<usize> = (matrix.iter().copied())
+        let fio: Vec<usize> = matrix
+            .iter()
+            .copied()
             .filter(|&index| plan.groups[index].workload.fio_job().is_some())
             .collect();
         let head = |workload: &Workload| format!("`{}`", workload.id());
@@ -518,7 +526,8 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
         header.extend(servers.iter().map(|l| format!("{l} RSS idle / peak")));
         header.push(format!("threads idle → max, {}", servers.join(" / ")));
         let rows = matrix.iter().map(|&index| {
-            let cases: Vec<Option<Case>> = (servers.iter())
+            let cases: Vec<Option<Case>> = servers
+                .iter()
                 .map(|label| results.case_labelled(index, label))
                 .collect();
             let medians =
@@ -545,7 +554,8 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
                     format!("{} / {}", mib(idle), mib(peak))
                 })
             }));
-            let threads: Vec<String> = (cases.iter())
+            let threads: Vec<String> = cases
+                .iter()
                 .map(|case| {
                     let threads =
                         medians(case, |s| s.idle_threads as f64, |s| s.max_threads as f64);
@@ -558,7 +568,8 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
         table(&mut md, header, rows);
     }
 
-    let swept: Vec<_> = (KNOBS.iter())
+    let swept: Vec<_> = KNOBS
+        .iter()
         .map(|knob| (knob, groups_named(results, &format!("knob-{}", knob.name))))
         .filter(|(_, groups)| !groups.is_empty())
         .collect();

@@ -29,11 +29,10 @@ impl Summary {
         } else {
             (sorted[half - 1] + sorted[half]) / 2.0
         };
-        let (min, max) = (sorted[0], sorted[count - 1]);
         Some(Summary {
             median,
-            min,
-            max,
+            min: sorted[0],
+            max: sorted[count - 1],
             count,
         })
     }

@@ -40,14 +40,12 @@ pub struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     pub fn new(plan: &'a Plan, workspace: &'a Workspace) -> Runner<'a> {
-        let started = Instant::now();
-        let (done, estimated_done) = (0, 0.0);
         Runner {
             plan,
             workspace,
-            started,
-            done,
-            estimated_done,
+            started: Instant::now(),
+            done: 0,
+            estimated_done: 0.0,
         }
     }
 
@@ -235,7 +233,8 @@ impl<'a> Runner<'a> {
                     c.short_requests,
                     c.long_allocations,
                     c.long_requests,
-                    (c.steady_state_per_request()).map_or("n/a".into(), |v| format!("{v:.4}")),
+                    c.steady_state_per_request()
+                        .map_or("n/a".into(), |v| format!("{v:.4}")),
                 ),
                 Err(reason) => format!("failed: {reason}"),
             };
@@ -268,8 +267,9 @@ impl<'a> Runner<'a> {
             let (_, usage, log) = self.measure(&job, &target, &stem, Some(binary))?;
             let allocations = target::allocations(&log)
                 .ok_or("the alloc-count build logged no `allocations:` line at exit")?;
-            let requests =
-                (usage.and_then(|u| u.requests)).ok_or("the server logged no QueueReport lines")?;
+            let requests = usage
+                .and_then(|u| u.requests)
+                .ok_or("the server logged no QueueReport lines")?;
             Ok::<_, String>((allocations, requests))
         };
         let (short_allocations, short_requests) = run(secs[0])?;

@@ -171,8 +171,9 @@ fn copy_timeout(bytes: u64) -> Duration {
 pub fn spawn_logged(command: &mut Command, log: &Path, what: &str) -> Result<Child, String> {
     let output = File::options().create(true).append(true).open(log);
     let output = output.map_err(|err| format!("cannot open {}: {err}", log.display()))?;
-    let errors =
-        (output.try_clone()).map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
+    let errors = output
+        .try_clone()
+        .map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
     command.stdin(Stdio::null()).stdout(output).stderr(errors);
     command
         .spawn()
