@@ -115,6 +115,23 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// The client and peer programs the lab runs, and the packages with them.
+pub const TOOLS: [(&str, &str); 6] = [
+    ("dd", "coreutils"),
+    ("fio", "fio (run `make setup`)"),
+    ("losetup", "mount"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("qemu-img", "qemu-utils"),
+    ("qemu-storage-daemon", "qemu-utils"),
+];
+
+/// Why `program` (one of [`TOOLS`]) cannot run, if it is not installed.
+pub fn missing(program: &str) -> Option<String> {
+    let (_, package) = TOOLS.iter().find(|(name, _)| *name == program)?;
+    let missing = which::which(program).is_err();
+    missing.then(|| format!("{program} is not installed (package {package})"))
+}
+
 /// First line of a successful command's output (stdout, else stderr),
 /// for versions.
 pub fn first_line_of(program: &str, args: &[&str]) -> Option<String> {

@@ -33,10 +33,6 @@ impl LoopFilesystem {
         log: &Path,
         timeout: Duration,
     ) -> Result<LoopFilesystem, String> {
-        let mut filesystem = LoopFilesystem {
-            device: None,
-            mounted_on: None,
-        };
         let output = Command::new("losetup")
             .args(["--find", "--show", "--direct-io=on"])
             .arg(backing)
@@ -44,15 +40,18 @@ impl LoopFilesystem {
             .output()
             .map_err(|err| format!("cannot run losetup: {err}"))?;
         if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let (backing, status) = (backing.display(), output.status);
+            let error = stderr.trim();
             return Err(format!(
-                "losetup --direct-io=on {} failed ({}): {}",
-                backing.display(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
+                "losetup --direct-io=on {backing} failed ({status}): {error}"
             ));
         }
         let device = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        filesystem.device = Some(device.clone());
+        let mut filesystem = LoopFilesystem {
+            device: Some(device.clone()),
+            mounted_on: None,
+        };
         // The kernel quietly falls back to buffered I/O when the backing
         // file refuses O_DIRECT; that would measure the page cache.
         let name = device.trim_start_matches("/dev/");
@@ -67,13 +66,8 @@ impl LoopFilesystem {
         // nodiscard: a discard would punch holes into the image, and later
         // runs would measure block allocation. Tables written now, not by
         // a background thread during the workload.
-        mkfs.args([
-            "-q",
-            "-F",
-            "-E",
-            "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
-        ])
-        .arg(&device);
+        let options = "nodiscard,lazy_itable_init=0,lazy_journal_init=0";
+        mkfs.args(["-q", "-F", "-E", options]).arg(&device);
         run_command(mkfs, timeout, log)?;
         fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
         rustix::mount::mount(&device, dir, "ext4", MountFlags::empty(), None).map_err(|err| {

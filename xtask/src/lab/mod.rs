@@ -12,7 +12,7 @@
 //! - [`runner`]: runs it, one fresh server per run, with progress lines
 //! - [`target`], [`workload`], [`fio`], [`loop_fs`], [`host`]: servers,
 //!   clients, the machine
-//! - [`results`], [`stats`], [`report`], [`plot`]: numbers to files
+//! - [`results`], [`report`], [`plot`]: numbers to files
 
 mod fio;
 mod host;
@@ -22,11 +22,9 @@ mod plot;
 mod report;
 mod results;
 mod runner;
-mod stats;
 mod target;
 mod workload;
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
@@ -36,11 +34,10 @@ use std::time::Instant;
 
 use clap::Args;
 
-use plan::{Duration, GIB, MIB, Mode, Plan, QUEUE_DEPTH, ServerCapabilities, ServerOptions};
-use plan::{Settings, TRANSPORT};
+use plan::{Duration, GIB, MIB, Plan, QUEUE_DEPTH, ServerCapabilities, ServerOptions};
+use plan::{Settings, TRANSPORT, Target, Workload, size_long};
 use results::{LabResults, RunContext};
 use runner::{Runner, Workspace};
-use workload::ClientFiles;
 
 /// Options of `cargo xtask lab`.
 #[derive(Debug, Clone, Default, Args)]
@@ -80,26 +77,20 @@ pub struct LabArgs {
 
 impl LabArgs {
     fn settings(&self) -> Settings {
-        let mut settings = Settings::for_mode(if self.quick { Mode::Quick } else { Mode::Full });
-        if let Some(repetitions) = self.repetitions {
-            settings.repetitions = repetitions;
-        }
-        if let Some(secs) = self.fio_runtime {
-            settings.fio_runtime_secs = secs;
-        }
+        let mut settings = Settings::new(self.quick);
+        settings.repetitions = self.repetitions.unwrap_or(settings.repetitions);
+        settings.fio_runtime_secs = self.fio_runtime.unwrap_or(settings.fio_runtime_secs);
         settings
     }
 
     /// The fuse-export options every workload runs with: one per
     /// combination of `--transport` and `--queue-depth` values.
     fn variants(&self) -> Vec<ServerOptions> {
+        let queue_depths = self.queue_depth.iter().map(u32::to_string).collect();
         let mut variants = vec![ServerOptions::default()];
         for (knob, values) in [
-            (&TRANSPORT, self.transport.clone()),
-            (
-                &QUEUE_DEPTH,
-                self.queue_depth.iter().map(u32::to_string).collect(),
-            ),
+            (TRANSPORT, self.transport.clone()),
+            (QUEUE_DEPTH, queue_depths),
         ] {
             if !values.is_empty() {
                 variants = variants
@@ -115,16 +106,16 @@ impl LabArgs {
 /// The plan these arguments select, for a server with `capabilities`.
 pub fn plan_for(args: &LabArgs, capabilities: &ServerCapabilities) -> Result<Plan, String> {
     let variants = args.variants();
-    for (knob, value) in variants.iter().flat_map(|v| {
-        [&TRANSPORT, &QUEUE_DEPTH]
-            .into_iter()
-            .filter_map(|knob| Some((knob, v.get(knob)?)))
-    }) {
-        if !capabilities.offers(knob.flag, value) {
-            return Err(format!(
-                "this fuse-export build does not offer {} {value}",
-                knob.flag
-            ));
+    for variant in &variants {
+        for knob in [TRANSPORT, QUEUE_DEPTH] {
+            if let Some(value) = variant.get(knob)
+                && !capabilities.offers(&knob.flag(), value)
+            {
+                let flag = knob.flag();
+                return Err(format!(
+                    "this fuse-export build does not offer {flag} {value}"
+                ));
+            }
         }
     }
     let mut plan = Plan::build(&args.settings(), capabilities, &variants);
@@ -142,13 +133,10 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     if args.dry_run {
         // Without a built server every knob is assumed available.
         let capabilities = server_capabilities(&server_path).unwrap_or_default();
-        let plan = plan_for(&args, &capabilities)?;
-        print!("{}", plan.describe());
+        print!("{}", plan_for(&args, &capabilities)?.describe());
         if capabilities.options.is_none() {
-            println!(
-                "({} is not built; assuming it has every knob's option)",
-                server_path.display()
-            );
+            let server = server_path.display();
+            println!("({server} is not built; assuming it has every knob's option)");
         }
         return Ok(());
     }
@@ -161,13 +149,11 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         );
     }
     host::install_interrupt_handler()?;
-    let started = Instant::now();
-    let start_time = jiff::Timestamp::now();
+    let (started, start_time) = (Instant::now(), jiff::Timestamp::now());
 
     let lab_dir = target_dir.join("lab");
     let scratch = lab_dir.join("scratch");
-    fs::create_dir_all(&scratch)
-        .map_err(|err| format!("cannot create {}: {err}", scratch.display()))?;
+    create_dir(&scratch)?;
     // One lab at a time: two would share the image and the mountpoint.
     let lock_path = scratch.join("lock");
     let lock = File::create(&lock_path)
@@ -177,8 +163,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
     clean_stale_mounts(&scratch);
 
     let server = match &args.server {
-        Some(path) if path.is_file() => Ok(path.clone()),
-        Some(path) => Err(format!("--server {}: no such file", path.display())),
+        Some(path) => existing_file(path, "--server"),
         None => build_server(&root, None, &[]).map(|()| server_path.clone()),
     };
     let capabilities = match &server {
@@ -192,129 +177,104 @@ pub fn run(args: LabArgs) -> Result<(), String> {
             args.only.join(" --only ")
         ));
     }
-    let alloc_server = if plan.alloc_probes.is_empty() {
-        Err("no allocation probe selected".to_string())
-    } else {
-        match &args.alloc_server {
-            Some(path) if path.is_file() => Ok(path.clone()),
-            Some(path) => Err(format!("--alloc-server {}: no such file", path.display())),
-            None => {
-                let dir = lab_dir.join("alloc-count-build");
-                build_server(&root, Some(&dir), &["alloc-count"])
-                    .map(|()| dir.join("release").join("fuse-export"))
-            }
+    let alloc_server = match &args.alloc_server {
+        _ if plan.alloc_probes.is_empty() => Err("no allocation probe selected".to_string()),
+        Some(path) => existing_file(path, "--alloc-server"),
+        None => {
+            let dir = lab_dir.join("alloc-count-build");
+            build_server(&root, Some(&dir), &["alloc-count"])
+                .map(|()| dir.join("release").join("fuse-export"))
         }
     };
 
     let out_dir = unique_dir(&lab_dir.join(start_time.strftime("%Y-%m-%d_%H%M%S").to_string()))?;
     let logs = out_dir.join("logs");
-    fs::create_dir_all(&logs).map_err(|err| format!("cannot create {}: {err}", logs.display()))?;
+    create_dir(&logs)?;
 
-    let settings = &plan.settings;
+    let size = plan.settings.image_size;
     let image = scratch.join("image.raw");
     check_image_filesystem(&scratch)?;
     println!(
         "lab: preparing {} image {}",
-        plan::size_long(settings.image_size),
+        size_long(size),
         image.display()
     );
-    prepare_image(&image, settings.image_size)?;
-    let (source, source_note) = convert_source_path(&scratch, settings.convert_size);
+    prepare_image(&image, size)?;
+    let (source, source_note) = convert_source_path(&scratch, size);
     let needs_source = plan
         .groups
         .iter()
-        .any(|g| matches!(g.workload, plan::Workload::Convert { .. }));
+        .any(|g| matches!(g.workload, Workload::Convert { .. }));
     let _source_guard = if needs_source {
         println!(
             "lab: writing {} random convert source {}",
-            plan::size_long(settings.convert_size),
+            size_long(size),
             source.display()
         );
-        write_random_file(&source, settings.convert_size, 0x5eed_0fc0_47e7)?;
+        write_random_file(&source, size, 0x5eed_0fc0_47e7)?;
         Some(RemoveOnDrop(source.clone()))
     } else {
         None
     };
 
-    let mut missing = BTreeMap::new();
-    for (program, package) in [
-        ("fio", "fio (run `make setup`)"),
-        ("qemu-img", "qemu-utils"),
-        ("qemu-storage-daemon", "qemu-utils"),
-        ("dd", "coreutils"),
-        ("losetup", "mount"),
-        ("mkfs.ext4", "e2fsprogs"),
-    ] {
-        if which::which(program).is_err() {
-            missing.insert(
-                program,
-                format!("{program} is not installed (package {package})"),
-            );
-        }
-    }
-    let fuse_device = if Path::new("/dev/fuse").exists() {
-        Ok(())
-    } else {
-        Err("/dev/fuse is missing".to_string())
-    };
-    let workspace = Workspace {
-        image: image.clone(),
-        image_size: settings.image_size,
-        mountpoint: scratch.join("export.img"),
-        logs,
-        client: ClientFiles {
-            source: source.clone(),
-            fio_report: PathBuf::new(),
-            log: PathBuf::new(),
-            ext4_dir: scratch.join("ext4"),
-        },
-        server,
-        alloc_server,
-        missing,
-        fuse_device,
-    };
-
     let mut notes = vec![source_note];
-    if let Err(err) = &workspace.server {
-        notes.push(format!("fuse-export unavailable: {err}"));
-    }
-    if let (false, Err(err)) = (plan.alloc_probes.is_empty(), &workspace.alloc_server) {
+    notes.extend(
+        server
+            .as_ref()
+            .err()
+            .map(|err| format!("fuse-export unavailable: {err}")),
+    );
+    if !plan.alloc_probes.is_empty()
+        && let Err(err) = &alloc_server
+    {
         notes.push(format!("allocation probes unavailable: {err}"));
     }
-    for reason in workspace.missing.values() {
-        notes.push(reason.clone());
-    }
+    notes.extend(
+        host::TOOLS
+            .iter()
+            .filter_map(|(program, _)| host::missing(program)),
+    );
     notes.extend(uring_note(&plan));
     for note in &notes {
         println!("lab: {note}");
     }
+    let (runs, estimate) = (plan.run_count(), Duration(plan.estimate_secs()));
     println!(
-        "lab: {} runs, estimated {}; results in {}",
-        plan.run_count(),
-        Duration(plan.estimate_secs()),
+        "lab: {runs} runs, estimated {estimate}; results in {}",
         out_dir.display()
     );
 
     // Read now, not after the run: the tree the binary was built from is
     // the one to name, and people keep committing while the lab runs.
-    let versions = versions(&root, &workspace);
+    let versions = versions(&root, &server);
+    let workspace = Workspace {
+        image,
+        image_size: size,
+        mountpoint: scratch.join("export.img"),
+        logs,
+        source,
+        ext4_dir: scratch.join("ext4"),
+        server,
+        alloc_server,
+    };
     let mut runner = Runner::new(&plan, &workspace);
     let records = runner.run_groups();
     let allocs = runner.run_alloc_probes();
     let interrupted = host::interrupted();
 
+    let context = RunContext {
+        started: start_time.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+        host: host::describe(),
+        versions,
+        notes,
+        interrupted,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    };
     let results = LabResults {
-        plan: plan.clone(),
+        plan,
         records,
         allocs,
-        context: RunContext {
-            started: start_time.strftime("%Y-%m-%d %H:%M UTC").to_string(),
-            host: host::describe(),
-            versions,
-            notes,
-            interrupted,
-            elapsed_secs: started.elapsed().as_secs_f64(),
-        },
+        context,
     };
     let written = report::write_all(&results, &out_dir)?;
     let latest = lab_dir.join("latest");
@@ -339,12 +299,25 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+fn create_dir(dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))
+}
+
+/// `path`, given as `option`, if it is a file.
+fn existing_file(path: &Path, option: &str) -> Result<PathBuf, String> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(format!("{option} {}: no such file", path.display()))
+    }
+}
+
 /// The kernel offers FUSE-over-io_uring only when the admin enabled it;
 /// the lab leaves that setting alone and says why `uring` runs would fail.
 fn uring_note(plan: &Plan) -> Option<String> {
     const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
     let uses_uring = plan.groups.iter().flat_map(|g| &g.targets).any(|target| {
-        matches!(target, plan::Target::FuseExport(options) if options.get(&TRANSPORT) == Some("uring"))
+        matches!(target, Target::FuseExport(options) if options.get(TRANSPORT) == Some("uring"))
     });
     let enabled = fs::read_to_string(ENABLE_URING).is_ok_and(|value| value.trim() == "Y");
     (uses_uring && !enabled).then(|| {
@@ -360,8 +333,8 @@ fn server_capabilities(server: &Path) -> Result<ServerCapabilities, String> {
     let output = Command::new(server)
         .arg("--help")
         .stdin(Stdio::null())
-        .output()
-        .map_err(|err| format!("cannot run {} --help: {err}", server.display()))?;
+        .output();
+    let output = output.map_err(|err| format!("cannot run {} --help: {err}", server.display()))?;
     if !output.status.success() {
         return Err(format!(
             "{} --help failed ({})",
@@ -389,8 +362,6 @@ fn build_server(root: &Path, target_dir: Option<&Path>, features: &[&str]) -> Re
 /// A lab killed hard may leave its ext4 mounted, loop devices attached and
 /// its export mounted, in that order; nothing else uses them.
 fn clean_stale_mounts(scratch: &Path) {
-    let ext4 = scratch.join("ext4");
-    let export = scratch.join("export.img");
     let unmount = |path: &Path| {
         if host::is_mounted(path) {
             match host::lazy_unmount(path) {
@@ -399,11 +370,12 @@ fn clean_stale_mounts(scratch: &Path) {
             }
         }
     };
-    unmount(&ext4);
+    unmount(&scratch.join("ext4"));
     for device in loop_fs::devices_backed_under(scratch) {
         println!("lab: detaching stale loop device {device}");
         loop_fs::detach(&device);
     }
+    let export = scratch.join("export.img");
     unmount(&export);
     let _ = fs::remove_file(export);
 }
@@ -411,13 +383,13 @@ fn clean_stale_mounts(scratch: &Path) {
 /// `dir`, or `dir-2`, `dir-3`, ... if it exists; created.
 fn unique_dir(dir: &Path) -> Result<PathBuf, String> {
     let mut candidate = dir.to_path_buf();
-    let mut suffix = 2;
-    while candidate.exists() {
+    for suffix in 2.. {
+        if !candidate.exists() {
+            break;
+        }
         candidate = PathBuf::from(format!("{}-{suffix}", dir.display()));
-        suffix += 1;
     }
-    fs::create_dir_all(&candidate)
-        .map_err(|err| format!("cannot create {}: {err}", candidate.display()))?;
+    create_dir(&candidate)?;
     Ok(candidate)
 }
 
@@ -438,20 +410,18 @@ fn check_image_filesystem(dir: &Path) -> Result<(), String> {
 /// or holes would measure the filesystem's allocator, not the export.
 /// An existing image of the right size with every block allocated is kept.
 fn prepare_image(image: &Path, size: u64) -> Result<(), String> {
-    if let Ok(meta) = fs::metadata(image)
-        && meta.len() == size
-        && meta.blocks() * 512 >= size
-    {
-        return Ok(());
+    match fs::metadata(image) {
+        Ok(meta) if meta.len() == size && meta.blocks() * 512 >= size => Ok(()),
+        _ => write_random_file(image, size, 0x1a6e_5eed),
     }
-    write_random_file(image, size, 0x1a6e_5eed)
 }
 
 /// Writes `size` bytes of pseudo-random data (xorshift64*, cheap and
 /// incompressible enough that no layer can shortcut it) and syncs them.
 fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(), String> {
-    let mut file =
-        File::create(path).map_err(|err| format!("cannot create {}: {err}", path.display()))?;
+    let error =
+        |what: &str, err: std::io::Error| format!("cannot {what} {}: {err}", path.display());
+    let mut file = File::create(path).map_err(|err| error("create", err))?;
     let mut state = seed | 1;
     let mut chunk = vec![0u8; MIB as usize];
     let mut written = 0;
@@ -464,11 +434,10 @@ fn write_random_file(path: &Path, size: u64, seed: u64) -> Result<(), String> {
         }
         let len = (size - written).min(MIB) as usize;
         file.write_all(&chunk[..len])
-            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+            .map_err(|err| error("write", err))?;
         written += len as u64;
     }
-    file.sync_all()
-        .map_err(|err| format!("cannot sync {}: {err}", path.display()))
+    file.sync_all().map_err(|err| error("sync", err))
 }
 
 /// Where the convert source goes: /dev/shm when it fits, so the source side
@@ -478,22 +447,17 @@ fn convert_source_path(scratch: &Path, size: u64) -> (PathBuf, String) {
     let fits = host::memory_filesystem(shm) == Some("tmpfs")
         && host::available_bytes(shm).is_some_and(|free| free >= size + GIB);
     if fits {
-        (
-            shm.join("fuse-export-lab-source.raw"),
-            "convert source in /dev/shm (tmpfs), so only the target side differs".into(),
-        )
+        let note = "convert source in /dev/shm (tmpfs), so only the target side differs";
+        (shm.join("fuse-export-lab-source.raw"), note.into())
     } else {
-        (
-            scratch.join("source.raw"),
-            "convert source on disk (/dev/shm too small); it is read through the page cache".into(),
-        )
+        let note = "convert source on disk (/dev/shm too small); it is read through the page cache";
+        (scratch.join("source.raw"), note.into())
     }
 }
 
 /// The tree the server was built from (`git describe`) and the clients'
 /// versions.
-fn versions(root: &Path, workspace: &Workspace) -> Vec<(String, String)> {
-    let mut versions = Vec::new();
+fn versions(root: &Path, server: &Result<PathBuf, String>) -> Vec<(String, String)> {
     let root = root.to_string_lossy();
     let describe = [
         "-C",
@@ -502,19 +466,21 @@ fn versions(root: &Path, workspace: &Workspace) -> Vec<(String, String)> {
         "--always",
         "--dirty= + uncommitted changes",
     ];
-    if let Some(commit) = host::first_line_of("git", &describe) {
-        let binary = match &workspace.server {
-            Ok(path) => path.display().to_string(),
-            Err(err) => err.clone(),
-        };
-        versions.push(("fuse-export".into(), format!("{commit} ({binary})")));
-    }
-    for program in ["fio", "qemu-storage-daemon"] {
-        if let Some(version) = host::first_line_of(program, &["--version"]) {
-            versions.push((program.into(), version));
-        }
-    }
-    versions
+    let commit = host::first_line_of("git", &describe).map(|commit| {
+        let binary = server
+            .as_ref()
+            .map_or_else(Clone::clone, |path| path.display().to_string());
+        ("fuse-export".to_string(), format!("{commit} ({binary})"))
+    });
+    let clients = ["fio", "qemu-storage-daemon"]
+        .into_iter()
+        .filter_map(|program| {
+            Some((
+                program.to_string(),
+                host::first_line_of(program, &["--version"])?,
+            ))
+        });
+    commit.into_iter().chain(clients).collect()
 }
 
 #[cfg(test)]
@@ -529,7 +495,7 @@ mod tests {
             ..LabArgs::default()
         };
         let plan = plan_for(&args, &ServerCapabilities::default()).unwrap();
-        assert_eq!(plan.settings.mode, Mode::Quick);
+        assert!(plan.settings.quick);
         assert!(plan.run_count() > 10);
         let listing = plan.describe();
         assert!(

@@ -10,29 +10,18 @@ pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 
-/// `--quick` for development, or the full run whose results are published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Quick,
-    Full,
-}
-
 /// Sizes and durations of one lab run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub mode: Mode,
+    /// `--quick` for development, else the full run whose results are published.
+    pub quick: bool,
     /// Each group runs its targets this many times, interleaved.
     pub repetitions: u32,
-    /// The exported image; fio spans all of it.
+    /// The exported image; fio spans all of it, convert and dd move as much.
     pub image_size: u64,
-    /// Bytes `qemu-img convert` copies (the seed's headline is 4 GiB).
-    pub convert_size: u64,
-    /// Bytes one `dd` run moves.
-    pub dd_size: u64,
     /// Bytes one `dd` or convert run moves in the knob sweeps, kept smaller
     /// because a 4 KiB max_write makes them slow.
     pub knob_copy_size: u64,
-    /// Length of one fio run.
     pub fio_runtime_secs: u32,
     /// fio run lengths of an allocation probe: a short and a long run whose
     /// difference cancels start-up and warm-up allocations.
@@ -40,32 +29,27 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn for_mode(mode: Mode) -> Settings {
-        let quick = mode == Mode::Quick;
-        let size = if quick { 512 * MIB } else { 4 * GIB };
+    pub fn new(quick: bool) -> Settings {
         Settings {
-            mode,
+            quick,
             repetitions: if quick { 1 } else { 3 },
-            image_size: size,
-            convert_size: size,
-            dd_size: size,
+            image_size: if quick { 512 * MIB } else { 4 * GIB },
             knob_copy_size: if quick { 256 * MIB } else { GIB },
             fio_runtime_secs: if quick { 2 } else { 6 },
             alloc_probe_secs: if quick { (1, 3) } else { (2, 6) },
         }
     }
 
-    /// The fio file on the ext4 workloads' filesystem: a quarter of the
-    /// image, so the filesystem has room and fio's layout stays short.
-    pub fn ext4_file_size(&self) -> u64 {
-        self.image_size / 4
+    fn fio(&self, pattern: Pattern, block_size: u64, iodepth: u32, engine: Engine) -> FioJob {
+        let runtime_secs = self.fio_runtime_secs;
+        FioJob {
+            pattern,
+            block_size,
+            iodepth,
+            engine,
+            runtime_secs,
+        }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Read,
-    Write,
 }
 
 /// fio's access pattern (`--rw`).
@@ -87,13 +71,6 @@ impl Pattern {
             Pattern::SeqRead => "read",
             Pattern::SeqWrite => "write",
             Pattern::RandRw70 => "randrw",
-        }
-    }
-
-    fn id(self) -> &'static str {
-        match self {
-            Pattern::RandRw70 => "randrw70",
-            other => other.fio_rw(),
         }
     }
 
@@ -130,13 +107,12 @@ pub struct FioJob {
 
 impl FioJob {
     fn id(&self) -> String {
-        format!(
-            "fio-{}-{}-qd{}-{}",
-            self.pattern.id(),
-            size_short(self.block_size),
-            self.iodepth,
-            self.engine.fio_name()
-        )
+        let rw = match self.pattern {
+            Pattern::RandRw70 => "randrw70",
+            other => other.fio_rw(),
+        };
+        let (bs, qd) = (size_short(self.block_size), self.iodepth);
+        format!("fio-{rw}-{bs}-qd{qd}-{}", self.engine.fio_name())
     }
 
     fn describe(&self) -> String {
@@ -158,8 +134,8 @@ pub enum Workload {
     /// (O_DIRECT) when `direct`, else qemu-img's default cache (writeback
     /// plus a flush at the end).
     Convert { direct: bool, size: u64 },
-    /// `dd bs=1M` with `iflag=direct` / `oflag=direct`.
-    Dd { direction: Direction, size: u64 },
+    /// `dd bs=1M`, reading with `iflag=direct` or writing with `oflag=direct`.
+    Dd { write: bool, size: u64 },
     /// fio over the whole target.
     Fio(FioJob),
     /// fio in a `file_size` file on ext4, made fresh on a direct-I/O loop
@@ -186,10 +162,6 @@ impl Metric {
             Metric::Iops => "IOPS",
         }
     }
-
-    pub fn higher_is_better(self) -> bool {
-        !matches!(self, Metric::Seconds)
-    }
 }
 
 /// Block sizes up to this are judged by IOPS, larger ones by throughput.
@@ -201,7 +173,9 @@ impl Workload {
         match self {
             Workload::Convert { direct: true, .. } => "convert-direct".into(),
             Workload::Convert { direct: false, .. } => "convert-cache".into(),
-            Workload::Dd { direction, .. } => format!("dd-{}-1M", direction_name(*direction)),
+            Workload::Dd { write, .. } => {
+                format!("dd-{}-1M", if *write { "write" } else { "read" })
+            }
             Workload::Fio(job) => job.id(),
             Workload::Ext4Fio { job, .. } => format!("ext4-{}", job.id()),
         }
@@ -209,48 +183,39 @@ impl Workload {
 
     /// One line for people.
     pub fn describe(&self) -> String {
-        match self {
+        match *self {
             Workload::Convert { direct, size } => format!(
                 "qemu-img convert {} random raw → target, {}",
-                size_long(*size),
-                if *direct { "-t none" } else { "default cache" }
+                size_long(size),
+                if direct { "-t none" } else { "default cache" }
             ),
-            Workload::Dd { direction, size } => format!(
-                "dd {} {} bs=1M {}",
-                direction_name(*direction),
-                size_long(*size),
-                match direction {
-                    Direction::Read => "iflag=direct",
-                    Direction::Write => "oflag=direct",
-                }
-            ),
+            Workload::Dd { write, size } => {
+                let (rw, flag) = if write { ("write", "o") } else { ("read", "i") };
+                format!("dd {rw} {} bs=1M {flag}flag=direct", size_long(size))
+            }
             Workload::Fio(job) => job.describe(),
             Workload::Ext4Fio { job, file_size } => format!(
                 "{} on a {} file in ext4 on a direct-I/O loop device",
                 job.describe(),
-                size_long(*file_size)
+                size_long(file_size)
             ),
         }
     }
 
-    /// The fio job, for fio workloads on the bare target.
-    pub fn bare_fio(&self) -> Option<&FioJob> {
+    /// The fio job, on the bare target or on ext4.
+    pub fn fio_job(&self) -> Option<&FioJob> {
         match self {
-            Workload::Fio(job) => Some(job),
+            Workload::Fio(job) | Workload::Ext4Fio { job, .. } => Some(job),
             _ => None,
         }
     }
 
     pub fn metric(&self) -> Metric {
+        let small_blocks = |job: &FioJob| job.block_size <= IOPS_BLOCK_SIZE_LIMIT;
         match self {
             Workload::Convert { .. } => Metric::Seconds,
-            Workload::Dd { .. } => Metric::MibPerSec,
-            Workload::Fio(job) | Workload::Ext4Fio { job, .. }
-                if job.block_size <= IOPS_BLOCK_SIZE_LIMIT =>
-            {
-                Metric::Iops
-            }
-            Workload::Fio(_) | Workload::Ext4Fio { .. } => Metric::MibPerSec,
+            _ if self.fio_job().is_some_and(small_blocks) => Metric::Iops,
+            _ => Metric::MibPerSec,
         }
     }
 
@@ -268,22 +233,15 @@ impl Workload {
     /// virtio disk; exports take longer, which `Target::slowdown` adds).
     fn estimate_secs(&self) -> f64 {
         let copy_secs = |bytes: u64, gib_per_sec: f64| bytes as f64 / (gib_per_sec * GIB as f64);
-        match self {
-            Workload::Convert { size, .. } => copy_secs(*size, 1.2),
-            Workload::Dd { size, .. } => copy_secs(*size, 1.5),
+        match *self {
+            Workload::Convert { size, .. } => copy_secs(size, 1.2),
+            Workload::Dd { size, .. } => copy_secs(size, 1.5),
             Workload::Fio(job) => f64::from(job.runtime_secs) + 0.3,
             // mkfs, fio's layout of the file, unmount.
             Workload::Ext4Fio { job, file_size } => {
-                f64::from(job.runtime_secs) + 2.0 + copy_secs(*file_size, 0.5)
+                f64::from(job.runtime_secs) + 2.0 + copy_secs(file_size, 0.5)
             }
         }
-    }
-}
-
-fn direction_name(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Read => "read",
-        Direction::Write => "write",
     }
 }
 
@@ -309,13 +267,46 @@ pub fn size_long(bytes: u64) -> String {
     format!("{count} {}", ["B", "KiB", "MiB", "GiB"][unit])
 }
 
+/// A workload of the knob sweeps and allocation probes, sized by the
+/// settings: an io_uring fio job (pattern, block size, iodepth) or a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preset {
+    Fio(Pattern, u64, u32),
+    ConvertDirect,
+    DdWrite,
+}
+
+/// Sequential fio jobs share one queue depth so block sizes compare.
+const SEQ_IODEPTH: u32 = 16;
+const RAND_READ: Preset = Preset::Fio(Pattern::RandRead, 4 * KIB, 32);
+const RAND_WRITE: Preset = Preset::Fio(Pattern::RandWrite, 4 * KIB, 32);
+const RAND_RW70: Preset = Preset::Fio(Pattern::RandRw70, 4 * KIB, 32);
+const SEQ_READ_1M: Preset = Preset::Fio(Pattern::SeqRead, MIB, SEQ_IODEPTH);
+const SEQ_WRITE_64K: Preset = Preset::Fio(Pattern::SeqWrite, 64 * KIB, SEQ_IODEPTH);
+const SEQ_WRITE_1M: Preset = Preset::Fio(Pattern::SeqWrite, MIB, SEQ_IODEPTH);
+const CONVERT_DIRECT: Preset = Preset::ConvertDirect;
+const DD_WRITE: Preset = Preset::DdWrite;
+
+impl Preset {
+    fn workload(self, settings: &Settings) -> Workload {
+        let size = settings.knob_copy_size;
+        match self {
+            Preset::Fio(pattern, block_size, iodepth) => {
+                Workload::Fio(settings.fio(pattern, block_size, iodepth, Engine::IoUring))
+            }
+            Preset::ConvertDirect => Workload::Convert { direct: true, size },
+            Preset::DdWrite => Workload::Dd { write: true, size },
+        }
+    }
+}
+
 /// A server option the lab sets: swept in a `knob-<name>` group, and for
 /// transport and queue depth also settable for every workload (`--transport`,
 /// `--queue-depth`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Knob {
+    /// Also the server's option, with `-` for `_`.
     pub name: &'static str,
-    pub flag: &'static str,
     /// Its name in target labels, e.g. `o_direct` in
     /// `fuse-export[o_direct=parallel-chunks]`.
     label: &'static str,
@@ -325,10 +316,15 @@ pub struct Knob {
     values: &'static [&'static str],
     quick_values: &'static [&'static str],
     /// The workloads that show its effect; `--quick` runs the first.
-    workloads: &'static [KnobWorkload],
+    workloads: &'static [Preset],
 }
 
 impl Knob {
+    /// The server's option, e.g. `--queue-depth`.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.name.replace('_', "-"))
+    }
+
     /// A value as target labels show it: `+` keeps spill tier lists free of
     /// the commas that separate options, and max_write reads like the block
     /// sizes of workload ids (`4k`).
@@ -341,70 +337,35 @@ impl Knob {
     }
 }
 
-/// Transports the lab knows; a build's `--help` may add more (the sweep
-/// takes every value it lists) or lack some (reported as not run).
-const KNOWN_TRANSPORTS: &[&str] = &["readv", "uring", "passthrough"];
+pub static TRANSPORT: &Knob = &KNOBS[0];
+pub static QUEUE_DEPTH: &Knob = &KNOBS[1];
+pub static QUEUES: &Knob = &KNOBS[3];
+pub static MAX_WRITE: &Knob = &KNOBS[4];
 
-/// `auto` picks one of the others; the matrix runs the server's default.
-const NOT_SWEPT_TRANSPORTS: &[&str] = &["auto"];
-
-pub static TRANSPORT: Knob = Knob {
-    name: "transport",
-    flag: "--transport",
-    label: "transport",
-    about: "how requests reach the server: readv on /dev/fuse, FUSE-over-io_uring \
-            (uring), or kernel passthrough to the image",
-    values: KNOWN_TRANSPORTS,
-    quick_values: &[],
-    workloads: &[
-        KnobWorkload::RandRead,
-        KnobWorkload::RandWrite,
-        KnobWorkload::SeqRead1M,
-        // The headline: passthrough takes the server off the data path.
-        KnobWorkload::ConvertDirect,
-    ],
-};
-
-pub static QUEUE_DEPTH: Knob = Knob {
-    name: "queue_depth",
-    flag: "--queue-depth",
-    label: "queue_depth",
-    about: "requests each queue can hold at once (the server's --queue-depth)",
-    values: &["8", "32", "128"],
-    quick_values: &[],
-    workloads: &[
-        KnobWorkload::RandRead,
-        KnobWorkload::RandWrite,
-        KnobWorkload::SeqRead1M,
-    ],
-};
-
-pub static QUEUES: Knob = Knob {
-    name: "queues",
-    flag: "--queues",
-    label: "queues",
-    about: "queue threads, each with its own /dev/fuse fd and io_uring",
-    values: &["1", "2", "4"],
-    quick_values: &["1", "2"],
-    workloads: &[KnobWorkload::RandRead, KnobWorkload::RandWrite],
-};
-
-pub static MAX_WRITE: Knob = Knob {
-    name: "max_write",
-    flag: "--max-write",
-    label: "max_write",
-    about: "largest WRITE (and READ) the kernel sends; larger client I/O is split",
-    values: &["4K", "64K", "1M"],
-    quick_values: &["64K", "1M"],
-    workloads: &[KnobWorkload::DdWrite, KnobWorkload::ConvertDirect],
-};
-
-pub static KNOBS: [&Knob; 8] = [
-    &TRANSPORT,
-    &QUEUE_DEPTH,
-    &Knob {
+pub static KNOBS: [Knob; 8] = [
+    Knob {
+        name: "transport",
+        label: "transport",
+        about: "how requests reach the server: readv on /dev/fuse, FUSE-over-io_uring \
+                (uring), or kernel passthrough to the image",
+        // The transports the lab knows; the sweep adds every other one a
+        // build's `--help` lists, and reports those it lacks as not run.
+        values: &["readv", "uring", "passthrough"],
+        quick_values: &[],
+        // The last is the headline: passthrough takes the server off the
+        // data path.
+        workloads: &[RAND_READ, RAND_WRITE, SEQ_READ_1M, CONVERT_DIRECT],
+    },
+    Knob {
+        name: "queue_depth",
+        label: "queue_depth",
+        about: "requests each queue can hold at once (the server's --queue-depth)",
+        values: &["8", "32", "128"],
+        quick_values: &[],
+        workloads: &[RAND_READ, RAND_WRITE, SEQ_READ_1M],
+    },
+    Knob {
         name: "o_direct_opens",
-        flag: "--o-direct-opens",
         label: "o_direct",
         about: "how O_DIRECT opens are served: parallel-writers (FOPEN_DIRECT_IO: writers \
                 run concurrently, but the kernel sends the max_write pieces of one large \
@@ -412,83 +373,56 @@ pub static KNOBS: [&Knob; 8] = [
                 sends the pieces of a large request together)",
         values: &["parallel-writers", "parallel-chunks"],
         quick_values: &["parallel-writers", "parallel-chunks"],
-        workloads: &[
-            KnobWorkload::ConvertDirect,
-            KnobWorkload::DdWrite,
-            KnobWorkload::RandWrite,
-            KnobWorkload::SeqWrite1M,
-        ],
+        workloads: &[CONVERT_DIRECT, DD_WRITE, RAND_WRITE, SEQ_WRITE_1M],
     },
-    &QUEUES,
-    &MAX_WRITE,
-    &Knob {
+    Knob {
+        name: "queues",
+        label: "queues",
+        about: "queue threads, each with its own /dev/fuse fd and io_uring",
+        values: &["1", "2", "4"],
+        quick_values: &["1", "2"],
+        workloads: &[RAND_READ, RAND_WRITE],
+    },
+    Knob {
+        name: "max_write",
+        label: "max_write",
+        about: "largest WRITE (and READ) the kernel sends; larger client I/O is split",
+        values: &["4K", "64K", "1M"],
+        quick_values: &["64K", "1M"],
+        workloads: &[DD_WRITE, CONVERT_DIRECT],
+    },
+    Knob {
         name: "spill_tiers",
-        flag: "--spill-tiers",
         label: "spill",
         about: "how the spill-over buffer behind each posted read is cut into tiers; \
                 a write only takes the tiers it fills",
         // 64K is the server's default layout, 1M a single tier.
         values: &["1M", "64K", "16K,64K,256K"],
         quick_values: &[],
-        workloads: &[KnobWorkload::SeqWrite64k, KnobWorkload::SeqWrite1M],
+        workloads: &[SEQ_WRITE_64K, SEQ_WRITE_1M],
     },
-    &Knob {
+    Knob {
         name: "cache",
-        flag: "--cache",
         label: "cache",
         about: "none = O_DIRECT on the image, writeback = host page cache",
         values: &["none", "writeback"],
         quick_values: &[],
-        workloads: &[KnobWorkload::RandRead, KnobWorkload::SeqWrite1M],
+        workloads: &[RAND_READ, SEQ_WRITE_1M],
     },
-    &Knob {
+    Knob {
         name: "reads_per_queue",
-        flag: "--reads-per-queue",
         label: "reads",
         about: "reads kept posted on /dev/fuse per queue (requests the kernel can hand \
                 over without waiting)",
         values: &["2", "8", "32"],
         quick_values: &[],
-        workloads: &[KnobWorkload::RandRead, KnobWorkload::RandWrite],
+        workloads: &[RAND_READ, RAND_WRITE],
     },
 ];
 
-/// The workloads knob sweeps use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KnobWorkload {
-    RandRead,
-    RandWrite,
-    SeqRead1M,
-    SeqWrite64k,
-    SeqWrite1M,
-    ConvertDirect,
-    DdWrite,
-}
-
-impl KnobWorkload {
-    fn workload(self, settings: &Settings) -> Workload {
-        let fio = |pattern, block_size, iodepth| fio(settings, pattern, block_size, iodepth);
-        match self {
-            KnobWorkload::RandRead => fio(Pattern::RandRead, 4 * KIB, 32),
-            KnobWorkload::RandWrite => fio(Pattern::RandWrite, 4 * KIB, 32),
-            KnobWorkload::SeqRead1M => fio(Pattern::SeqRead, MIB, SEQ_IODEPTH),
-            KnobWorkload::SeqWrite64k => fio(Pattern::SeqWrite, 64 * KIB, SEQ_IODEPTH),
-            KnobWorkload::SeqWrite1M => fio(Pattern::SeqWrite, MIB, SEQ_IODEPTH),
-            KnobWorkload::ConvertDirect => Workload::Convert {
-                direct: true,
-                size: settings.knob_copy_size,
-            },
-            KnobWorkload::DdWrite => Workload::Dd {
-                direction: Direction::Write,
-                size: settings.knob_copy_size,
-            },
-        }
-    }
-}
-
 /// The lab's own default: 2 queues (one per core here, and the
 /// configuration the idle-RSS goal names).
-pub const LAB_DEFAULT_QUEUES: &str = "2";
+const LAB_DEFAULT_QUEUES: &str = "2";
 
 /// Server options of one fuse-export target, in command-line order.
 /// `--queues` is always given (the lab's default unless a knob changes it);
@@ -498,7 +432,7 @@ pub struct ServerOptions(Vec<(&'static Knob, String)>);
 
 impl Default for ServerOptions {
     fn default() -> ServerOptions {
-        ServerOptions(vec![(&QUEUES, LAB_DEFAULT_QUEUES.into())])
+        ServerOptions(vec![(QUEUES, LAB_DEFAULT_QUEUES.into())])
     }
 }
 
@@ -513,17 +447,16 @@ impl ServerOptions {
     }
 
     pub fn get(&self, knob: &Knob) -> Option<&str> {
-        self.0
-            .iter()
+        let mut options = self.0.iter();
+        options
             .find(|(k, _)| *k == knob)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, value)| value.as_str())
     }
 
-    /// The command-line options.
     pub fn args(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .flat_map(|(knob, value)| [knob.flag.to_string(), value.clone()])
+        let options = self.0.iter();
+        options
+            .flat_map(|(knob, value)| [knob.flag(), value.clone()])
             .collect()
     }
 
@@ -533,7 +466,7 @@ impl ServerOptions {
         let parts: Vec<String> = self
             .0
             .iter()
-            .filter(|(knob, value)| !(*knob == &QUEUES && value == LAB_DEFAULT_QUEUES))
+            .filter(|(knob, value)| !(*knob == QUEUES && value == LAB_DEFAULT_QUEUES))
             .map(|(knob, value)| format!("{}={}", knob.label, knob.shown(value)))
             .collect();
         if parts.is_empty() {
@@ -568,7 +501,7 @@ impl Target {
     fn slowdown(&self) -> f64 {
         match self {
             Target::Plain => 1.0,
-            Target::FuseExport(options) if options.get(&MAX_WRITE) == Some("4K") => 6.0,
+            Target::FuseExport(options) if options.get(MAX_WRITE) == Some("4K") => 6.0,
             Target::FuseExport(_) => 1.5,
             Target::Qsd => 3.5,
         }
@@ -591,13 +524,12 @@ impl Group {
     }
 }
 
-/// A fio job run twice on a fuse-export built with `--features alloc-count`.
+/// A fio job run twice, short and long (`Settings::alloc_probe_secs`), on
+/// a fuse-export built with `--features alloc-count`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllocProbe {
     pub job: FioJob,
     pub options: ServerOptions,
-    pub short_secs: u32,
-    pub long_secs: u32,
 }
 
 impl AllocProbe {
@@ -627,25 +559,21 @@ impl ServerCapabilities {
     /// followed by one `- value: meaning` line per value.
     pub fn from_help(help: &str) -> ServerCapabilities {
         let mut options: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut current: Option<String> = None;
-        let mut in_values = false;
+        let (mut current, mut in_values) = (None, false);
         for line in help.lines().map(str::trim) {
             if line.starts_with('-') && !line.starts_with("- ") {
-                current = line
-                    .split([' ', ','])
-                    .find(|word| word.starts_with("--"))
-                    .map(str::to_string);
+                current = line.split([' ', ',']).find(|word| word.starts_with("--"));
                 in_values = false;
-                if let Some(flag) = &current {
-                    options.entry(flag.clone()).or_default();
+                if let Some(flag) = current {
+                    options.entry(flag.into()).or_default();
                 }
             } else if line == "Possible values:" {
                 in_values = true;
             } else if let (Some(flag), Some(item), true) =
-                (&current, line.strip_prefix("- "), in_values)
+                (current, line.strip_prefix("- "), in_values)
             {
                 let value = item.split(':').next().unwrap_or(item).trim();
-                options.entry(flag.clone()).or_default().push(value.into());
+                options.entry(flag.into()).or_default().push(value.into());
             }
         }
         ServerCapabilities {
@@ -663,18 +591,14 @@ impl ServerCapabilities {
     /// Whether the server accepts `flag value`: it has the option, and
     /// `value` is one of its listed values if the help lists any.
     pub fn offers(&self, flag: &str, value: &str) -> bool {
-        self.supports(flag) && {
-            let values = self.values(flag);
-            values.is_empty() || values.iter().any(|v| v == value)
-        }
+        let values = self.values(flag);
+        self.supports(flag) && (values.is_empty() || values.iter().any(|v| v == value))
     }
 
     /// The values the help lists for `flag` (none for free-form options).
     pub fn values(&self, flag: &str) -> &[String] {
-        self.options
-            .as_ref()
-            .and_then(|options| options.get(flag))
-            .map_or(&[], Vec::as_slice)
+        let values = self.options.as_ref().and_then(|options| options.get(flag));
+        values.map_or(&[], Vec::as_slice)
     }
 }
 
@@ -687,111 +611,59 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
 }
 
-fn fio(settings: &Settings, pattern: Pattern, block_size: u64, iodepth: u32) -> Workload {
-    Workload::Fio(fio_job(
-        settings,
-        pattern,
-        block_size,
-        iodepth,
-        Engine::IoUring,
-    ))
-}
-
-fn fio_job(
-    settings: &Settings,
-    pattern: Pattern,
-    block_size: u64,
-    iodepth: u32,
-    engine: Engine,
-) -> FioJob {
-    FioJob {
-        pattern,
-        block_size,
-        iodepth,
-        engine,
-        runtime_secs: settings.fio_runtime_secs,
-    }
-}
-
 /// Dropping caches, starting and stopping a server, spawning the client.
 const OVERHEAD_PER_RUN: f64 = 1.5;
 
-/// Sequential fio jobs share one queue depth so block sizes compare.
-const SEQ_IODEPTH: u32 = 16;
-
 /// The workloads every main target runs.
 fn matrix_workloads(settings: &Settings) -> Vec<Workload> {
-    let quick = settings.mode == Mode::Quick;
+    let size = settings.image_size;
+    let fio = |pattern, block_size, iodepth, engine| {
+        Workload::Fio(settings.fio(pattern, block_size, iodepth, engine))
+    };
     let mut workloads = vec![
         Workload::Convert {
             direct: false,
-            size: settings.convert_size,
+            size,
         },
-        Workload::Convert {
-            direct: true,
-            size: settings.convert_size,
-        },
+        Workload::Convert { direct: true, size },
+        Workload::Dd { write: false, size },
+        Workload::Dd { write: true, size },
     ];
-    for direction in [Direction::Read, Direction::Write] {
-        workloads.push(Workload::Dd {
-            direction,
-            size: settings.dd_size,
-        });
-    }
     // IOPS against queue depth (io_uring draws the plot; libaio at the
-    // depths the goals name).
-    let depths: &[u32] = if quick { &[1, 32] } else { &[1, 4, 16, 32] };
-    let libaio_depths: &[u32] = if quick { &[32] } else { &[1, 32] };
-    for pattern in [Pattern::RandRead, Pattern::RandWrite] {
-        for &depth in depths {
-            workloads.push(fio(settings, pattern, 4 * KIB, depth));
-        }
-        for &depth in libaio_depths {
-            let job = fio_job(settings, pattern, 4 * KIB, depth, Engine::Libaio);
-            workloads.push(Workload::Fio(job));
-        }
-    }
-    // Throughput against block size.
-    let block_sizes: &[u64] = if quick {
-        &[64 * KIB, MIB]
+    // depths the goals name), then throughput against block size.
+    let (depths, libaio_depths, block_sizes): (&[u32], &[u32], &[u64]) = if settings.quick {
+        (&[1, 32], &[32], &[64 * KIB, MIB])
     } else {
-        &[4 * KIB, 64 * KIB, MIB]
+        (&[1, 4, 16, 32], &[1, 32], &[4 * KIB, 64 * KIB, MIB])
     };
-    for pattern in [Pattern::SeqRead, Pattern::SeqWrite] {
-        for &block_size in block_sizes {
-            workloads.push(fio(settings, pattern, block_size, SEQ_IODEPTH));
-        }
+    for pattern in [Pattern::RandRead, Pattern::RandWrite] {
+        workloads.extend(
+            depths
+                .iter()
+                .map(|&qd| fio(pattern, 4 * KIB, qd, Engine::IoUring)),
+        );
+        workloads.extend(
+            libaio_depths
+                .iter()
+                .map(|&qd| fio(pattern, 4 * KIB, qd, Engine::Libaio)),
+        );
     }
-    workloads.push(fio(settings, Pattern::RandRw70, 4 * KIB, 32));
+    for pattern in [Pattern::SeqRead, Pattern::SeqWrite] {
+        let jobs = block_sizes
+            .iter()
+            .map(|&bs| fio(pattern, bs, SEQ_IODEPTH, Engine::IoUring));
+        workloads.extend(jobs);
+    }
+    workloads.push(RAND_RW70.workload(settings));
     for pattern in [Pattern::RandWrite, Pattern::RandRead] {
         workloads.push(Workload::Ext4Fio {
-            job: fio_job(settings, pattern, 4 * KIB, 32, Engine::IoUring),
-            file_size: settings.ext4_file_size(),
+            job: settings.fio(pattern, 4 * KIB, 32, Engine::IoUring),
+            // A quarter of the image: the filesystem has room and fio's
+            // layout of the file stays short.
+            file_size: size / 4,
         });
     }
     workloads
-}
-
-/// The values a knob sweeps: its own list, plus for the transport every
-/// value the server lists (so a new transport needs no change here).
-fn sweep_values(
-    knob: &Knob,
-    settings: &Settings,
-    capabilities: &ServerCapabilities,
-) -> Vec<String> {
-    let own = match settings.mode {
-        Mode::Quick => knob.quick_values,
-        Mode::Full => knob.values,
-    };
-    let mut values: Vec<String> = own.iter().map(|v| v.to_string()).collect();
-    if knob == &TRANSPORT && !values.is_empty() {
-        for offered in capabilities.values(knob.flag) {
-            if !values.contains(offered) && !NOT_SWEPT_TRANSPORTS.contains(&offered.as_str()) {
-                values.push(offered.clone());
-            }
-        }
-    }
-    values
 }
 
 impl Plan {
@@ -804,105 +676,104 @@ impl Plan {
         capabilities: &ServerCapabilities,
         variants: &[ServerOptions],
     ) -> Plan {
+        let mut plan = Plan {
+            settings: settings.clone(),
+            groups: Vec::new(),
+            alloc_probes: Vec::new(),
+            skipped: Vec::new(),
+        };
         let fuse_exports = variants.iter().cloned().map(Target::FuseExport);
-        let matrix_targets: Vec<Target> = std::iter::once(Target::Plain)
+        let targets: Vec<Target> = std::iter::once(Target::Plain)
             .chain(fuse_exports)
             .chain([Target::Qsd])
             .collect();
-        let mut groups: Vec<Group> = matrix_workloads(settings)
-            .into_iter()
-            .map(|workload| Group {
+        for workload in matrix_workloads(settings) {
+            plan.groups.push(Group {
                 name: "matrix".into(),
                 workload,
-                targets: matrix_targets.clone(),
-            })
-            .collect();
-        let mut skipped = Vec::new();
-        for knob in KNOBS {
-            let mut values = sweep_values(knob, settings, capabilities);
-            let not_swept = if values.is_empty() {
-                Some("not swept in --quick (the full run sweeps it)".to_string())
-            } else if !capabilities.supports(knob.flag) {
-                Some(format!(
-                    "this fuse-export build has no {} option",
-                    knob.flag
-                ))
-            } else {
-                None
+                targets: targets.clone(),
+            });
+        }
+        for knob in &KNOBS {
+            plan.sweep(knob, capabilities, variants);
+        }
+        let probes: &[Preset] = if settings.quick {
+            &[RAND_WRITE, SEQ_WRITE_1M]
+        } else {
+            &[RAND_READ, RAND_WRITE, SEQ_READ_1M, SEQ_WRITE_1M, RAND_RW70]
+        };
+        for job in probes
+            .iter()
+            .filter_map(|p| p.workload(settings).fio_job().copied())
+        {
+            let job = FioJob {
+                runtime_secs: settings.alloc_probe_secs.1,
+                ..job
             };
-            if let Some(reason) = not_swept {
-                skipped.push(Skipped {
-                    what: format!("knob {}", knob.name),
-                    reason,
-                });
+            let probes = variants.iter().map(|options| AllocProbe {
+                job,
+                options: options.clone(),
+            });
+            plan.alloc_probes.extend(probes);
+        }
+        plan
+    }
+
+    /// Adds the groups of one knob's sweep: each of its values on every
+    /// variant, next to plain.
+    fn sweep(
+        &mut self,
+        knob: &'static Knob,
+        capabilities: &ServerCapabilities,
+        variants: &[ServerOptions],
+    ) {
+        let flag = knob.flag();
+        let quick = self.settings.quick;
+        let own = if quick {
+            knob.quick_values
+        } else {
+            knob.values
+        };
+        let mut values: Vec<String> = own.iter().map(|v| v.to_string()).collect();
+        let mut skip = |what: String, reason: String| self.skipped.push(Skipped { what, reason });
+        if values.is_empty() {
+            let reason = "not swept in --quick (the full run sweeps it)".into();
+            return skip(format!("knob {}", knob.name), reason);
+        }
+        if !capabilities.supports(&flag) {
+            let reason = format!("this fuse-export build has no {flag} option");
+            return skip(format!("knob {}", knob.name), reason);
+        }
+        if knob == TRANSPORT {
+            // Every transport the server lists, so a new one needs no change
+            // here; `auto` picks one of the others (the matrix runs it).
+            for offered in capabilities.values(&flag) {
+                if !values.contains(offered) && offered != "auto" {
+                    values.push(offered.clone());
+                }
+            }
+        }
+        let mut targets = vec![Target::Plain];
+        for value in values {
+            if !capabilities.offers(&flag, &value) {
+                let reason = format!("this fuse-export build does not offer {flag} {value}");
+                skip(format!("knob {}={value}", knob.name), reason);
                 continue;
             }
-            values.retain(|value| {
-                let offered = capabilities.offers(knob.flag, value);
-                if !offered {
-                    skipped.push(Skipped {
-                        what: format!("knob {}={value}", knob.name),
-                        reason: format!(
-                            "this fuse-export build does not offer {} {value}",
-                            knob.flag
-                        ),
-                    });
+            for variant in variants {
+                let target = Target::FuseExport(variant.clone().with(knob, &value));
+                if !targets.contains(&target) {
+                    targets.push(target);
                 }
-                offered
+            }
+        }
+        let count = if quick { 1 } else { knob.workloads.len() };
+        for preset in &knob.workloads[..count] {
+            self.groups.push(Group {
+                name: format!("knob-{}", knob.name),
+                workload: preset.workload(&self.settings),
+                targets: targets.clone(),
             });
-            let mut targets = vec![Target::Plain];
-            for value in &values {
-                for variant in variants {
-                    let target = Target::FuseExport(variant.clone().with(knob, value));
-                    if !targets.contains(&target) {
-                        targets.push(target);
-                    }
-                }
-            }
-            let count = match settings.mode {
-                Mode::Quick => 1,
-                Mode::Full => knob.workloads.len(),
-            };
-            for workload in &knob.workloads[..count] {
-                groups.push(Group {
-                    name: format!("knob-{}", knob.name),
-                    workload: workload.workload(settings),
-                    targets: targets.clone(),
-                });
-            }
-        }
-        let probe_jobs: &[(Pattern, u64, u32)] = match settings.mode {
-            Mode::Quick => &[
-                (Pattern::RandWrite, 4 * KIB, 32),
-                (Pattern::SeqWrite, MIB, SEQ_IODEPTH),
-            ],
-            Mode::Full => &[
-                (Pattern::RandRead, 4 * KIB, 32),
-                (Pattern::RandWrite, 4 * KIB, 32),
-                (Pattern::SeqRead, MIB, SEQ_IODEPTH),
-                (Pattern::SeqWrite, MIB, SEQ_IODEPTH),
-                (Pattern::RandRw70, 4 * KIB, 32),
-            ],
-        };
-        let (short_secs, long_secs) = settings.alloc_probe_secs;
-        let mut alloc_probes = Vec::new();
-        for &(pattern, block_size, iodepth) in probe_jobs {
-            for options in variants {
-                let mut job = fio_job(settings, pattern, block_size, iodepth, Engine::IoUring);
-                job.runtime_secs = long_secs;
-                alloc_probes.push(AllocProbe {
-                    job,
-                    options: options.clone(),
-                    short_secs,
-                    long_secs,
-                });
-            }
-        }
-        Plan {
-            settings: settings.clone(),
-            groups,
-            alloc_probes,
-            skipped,
         }
     }
 
@@ -941,28 +812,34 @@ impl Plan {
 
     /// A rough duration of one run of `target` in `group`.
     pub fn run_estimate_secs(&self, group: &Group, target: &Target) -> f64 {
-        let work = match group.workload {
-            Workload::Convert { .. } | Workload::Dd { .. } => {
-                group.workload.estimate_secs() * target.slowdown()
-            }
-            _ => group.workload.estimate_secs(),
+        let work = group.workload.estimate_secs();
+        let slowdown = match group.workload {
+            Workload::Convert { .. } | Workload::Dd { .. } => target.slowdown(),
+            _ => 1.0,
         };
-        work + OVERHEAD_PER_RUN
+        work * slowdown + OVERHEAD_PER_RUN
+    }
+
+    /// A rough duration of both runs of an allocation probe.
+    pub fn probe_estimate_secs(&self) -> f64 {
+        let (short, long) = self.settings.alloc_probe_secs;
+        f64::from(short + long) + 2.0 * OVERHEAD_PER_RUN
     }
 
     /// A rough duration of the whole plan, to decide whether to start it now.
     pub fn estimate_secs(&self) -> f64 {
         let repetitions = f64::from(self.settings.repetitions);
-        let groups: f64 = self
+        let runs = self
             .groups
             .iter()
-            .flat_map(|group| group.targets.iter().map(move |t| (group, t)))
+            .flat_map(|group| group.targets.iter().map(move |t| (group, t)));
+        let groups: f64 = runs
             .map(|(group, target)| self.run_estimate_secs(group, target) * repetitions)
             .sum();
         let probes: f64 = self
             .alloc_probes
             .iter()
-            .map(|probe| f64::from(probe.short_secs + probe.long_secs) + 2.0 * OVERHEAD_PER_RUN)
+            .map(|_| self.probe_estimate_secs())
             .sum();
         groups + probes
     }
@@ -970,14 +847,9 @@ impl Plan {
     /// The listing `--dry-run` prints.
     pub fn describe(&self) -> String {
         let settings = &self.settings;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "lab plan ({}): {} repetition(s) interleaved per group, image {}, fio {} s per run",
-            match settings.mode {
-                Mode::Quick => "quick",
-                Mode::Full => "full",
-            },
+        let mut out = format!(
+            "lab plan ({}): {} repetition(s) interleaved per group, image {}, fio {} s per run\n",
+            if settings.quick { "quick" } else { "full" },
             settings.repetitions,
             size_long(settings.image_size),
             settings.fio_runtime_secs,
@@ -995,27 +867,22 @@ impl Plan {
             }
         }
         if !self.alloc_probes.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nalloc (fuse-export built with --features alloc-count; short and long run):"
+            out.push_str(
+                "\nalloc (fuse-export built with --features alloc-count; short and long run):\n",
             );
+            let (short, long) = settings.alloc_probe_secs;
             for probe in &self.alloc_probes {
-                let (id, short, long) = (probe.case_id(), probe.short_secs, probe.long_secs);
-                let _ = writeln!(out, "  {id}  ({short} s and {long} s)");
+                let _ = writeln!(out, "  {}  ({short} s and {long} s)", probe.case_id());
             }
         }
         if !self.skipped.is_empty() {
-            let _ = writeln!(out, "\nnot run:");
+            out.push_str("\nnot run:\n");
             for skipped in &self.skipped {
                 let _ = writeln!(out, "  {}: {}", skipped.what, skipped.reason);
             }
         }
-        let _ = writeln!(
-            out,
-            "\n{} runs, estimated {}",
-            self.run_count(),
-            Duration(self.estimate_secs())
-        );
+        let (runs, estimate) = (self.run_count(), Duration(self.estimate_secs()));
+        let _ = writeln!(out, "\n{runs} runs, estimated {estimate}");
         out
     }
 }
@@ -1036,20 +903,19 @@ impl fmt::Display for Duration {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
 
-    fn plan(mode: Mode, capabilities: &ServerCapabilities) -> Plan {
+    fn plan(quick: bool, capabilities: &ServerCapabilities) -> Plan {
         let variants = [ServerOptions::default()];
-        Plan::build(&Settings::for_mode(mode), capabilities, &variants)
+        Plan::build(&Settings::new(quick), capabilities, &variants)
     }
 
     fn full_plan() -> Plan {
-        plan(Mode::Full, &ServerCapabilities::default())
+        plan(false, &ServerCapabilities::default())
     }
 
     fn case_ids(plan: &Plan) -> Vec<String> {
@@ -1085,8 +951,8 @@ mod tests {
 
     #[test]
     fn every_group_starts_with_the_plain_baseline_and_ids_are_unique() {
-        for mode in [Mode::Quick, Mode::Full] {
-            let plan = plan(mode, &ServerCapabilities::default());
+        for quick in [true, false] {
+            let plan = plan(quick, &ServerCapabilities::default());
             let mut ids = BTreeSet::new();
             for group in &plan.groups {
                 assert_eq!(group.targets[0], Target::Plain, "{}", group.workload.id());
@@ -1136,7 +1002,7 @@ mod tests {
 
     #[test]
     fn quick_plan_is_small() {
-        let plan = plan(Mode::Quick, &ServerCapabilities::default());
+        let plan = plan(true, &ServerCapabilities::default());
         assert!(
             plan.estimate_secs() < 6.0 * 60.0,
             "{}",
@@ -1171,7 +1037,7 @@ mod tests {
 
     #[test]
     fn missing_server_options_are_reported_not_dropped() {
-        let plan = plan(Mode::Full, &help(&NUMERIC_OPTIONS));
+        let plan = plan(false, &help(&NUMERIC_OPTIONS));
         assert!(!plan.groups.iter().any(|g| g.name == "knob-transport"));
         let reasons: Vec<&str> = plan.skipped.iter().map(|s| s.reason.as_str()).collect();
         assert_eq!(
@@ -1188,7 +1054,7 @@ mod tests {
     fn transports_come_from_the_lab_and_the_server() {
         let mut options = NUMERIC_OPTIONS.to_vec();
         options.push(("--transport", &["auto", "readv", "passthrough", "future"]));
-        let plan = plan(Mode::Full, &help(&options));
+        let plan = plan(false, &help(&options));
         let transport = plan
             .groups
             .iter()
@@ -1219,9 +1085,9 @@ mod tests {
     fn variants_run_on_every_workload() {
         let variants: Vec<ServerOptions> = ["readv", "uring"]
             .iter()
-            .map(|t| ServerOptions::default().with(&TRANSPORT, t))
+            .map(|t| ServerOptions::default().with(TRANSPORT, t))
             .collect();
-        let settings = Settings::for_mode(Mode::Full);
+        let settings = Settings::new(false);
         let plan = Plan::build(&settings, &ServerCapabilities::default(), &variants);
         for group in plan.groups.iter().filter(|g| g.name != "knob-transport") {
             let labels: Vec<String> = group.targets.iter().map(Target::label).collect();
@@ -1240,7 +1106,7 @@ mod tests {
         assert!(
             queues
                 .targets
-                .contains(&Target::FuseExport(variants[1].clone().with(&QUEUES, "4")))
+                .contains(&Target::FuseExport(variants[1].clone().with(QUEUES, "4")))
         );
         // The transport sweep sets the transport itself: no duplicates.
         let sweep = plan
@@ -1248,7 +1114,7 @@ mod tests {
             .iter()
             .find(|g| g.name == "knob-transport")
             .unwrap();
-        assert_eq!(sweep.targets.len(), 1 + KNOWN_TRANSPORTS.len());
+        assert_eq!(sweep.targets.len(), 1 + TRANSPORT.values.len());
         assert_eq!(plan.alloc_probes.len(), 5 * 2);
         assert!(
             plan.alloc_probes[1]
@@ -1279,9 +1145,9 @@ mod tests {
     fn server_arguments_follow_the_options() {
         let spill = KNOBS.iter().find(|k| k.name == "spill_tiers").unwrap();
         let options = ServerOptions::default()
-            .with(&MAX_WRITE, "64K")
+            .with(MAX_WRITE, "64K")
             .with(spill, "16K,64K")
-            .with(&TRANSPORT, "uring");
+            .with(TRANSPORT, "uring");
         assert_eq!(
             options.args().join(" "),
             "--queues 2 --max-write 64K --spill-tiers 16K,64K --transport uring"
@@ -1291,7 +1157,7 @@ mod tests {
             "fuse-export[max_write=64k,spill=16K+64K,transport=uring]"
         );
         assert_eq!(
-            options.with(&QUEUES, "1").label(),
+            options.with(QUEUES, "1").label(),
             "fuse-export[queues=1,max_write=64k,spill=16K+64K,transport=uring]"
         );
     }

@@ -4,9 +4,8 @@
 use plotters::coord::combinators::BindKeyPoints as _;
 use plotters::prelude::*;
 
-use super::plan::{Engine, FioJob, KIB, Metric, Pattern, size_short};
-use super::results::LabResults;
-use super::stats::Summary;
+use super::plan::{Engine, KIB, Metric, Pattern, Workload, size_short};
+use super::results::{LabResults, Summary};
 
 /// One line of a plot.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,36 +26,43 @@ pub struct Plot {
     pub series: Vec<Series>,
 }
 
-/// Medians and spreads of the matrix's fio jobs matching `select`, as one
-/// series per target with `x_of` on the x axis.
-fn matrix_series(
-    results: &LabResults,
-    select: impl Fn(&FioJob) -> bool,
-    x_of: impl Fn(&FioJob) -> f64,
-    metric: Metric,
-) -> Vec<Series> {
+/// Medians and spreads for the matrix's io_uring fio jobs of `pattern`, as
+/// one series per target: MiB/s against block size `by_size`, else IOPS of
+/// the 4k jobs against queue depth.
+fn matrix_series(results: &LabResults, pattern: Pattern, by_size: bool) -> Vec<Series> {
+    let metric = if by_size {
+        Metric::MibPerSec
+    } else {
+        Metric::Iops
+    };
     let mut series: Vec<Series> = Vec::new();
     for (group_index, group) in results.plan.groups.iter().enumerate() {
-        let Some(job) = group.workload.bare_fio().filter(|job| select(job)) else {
-            continue;
+        let job = match group.workload {
+            Workload::Fio(job) if group.name == "matrix" => job,
+            _ => continue,
         };
-        if group.name != "matrix" {
+        if job.pattern != pattern
+            || job.engine != Engine::IoUring
+            || !(by_size || job.block_size == 4 * KIB)
+        {
             continue;
         }
+        let x = if by_size {
+            job.block_size as f64
+        } else {
+            f64::from(job.iodepth)
+        };
         for (target_index, target) in group.targets.iter().enumerate() {
-            let values = results
-                .records_of(group_index, target_index)
-                .filter_map(|r| r.outcome.measurement()?.value(metric));
-            let Some(summary) = Summary::of(values) else {
+            let case = results.case(group_index, target_index);
+            let Some(y) = case.summary(|m, _| m.value(metric)) else {
                 continue;
             };
             let label = target.label();
-            let point = (x_of(job), summary);
             match series.iter_mut().find(|s| s.label == label) {
-                Some(existing) => existing.points.push(point),
+                Some(existing) => existing.points.push((x, y)),
                 None => series.push(Series {
                     label,
-                    points: vec![point],
+                    points: vec![(x, y)],
                 }),
             }
         }
@@ -66,52 +72,51 @@ fn matrix_series(
 
 /// Throughput against block size and IOPS against queue depth.
 pub fn plots(results: &LabResults) -> Vec<Plot> {
-    let seq = [
+    let sequential = ", O_DIRECT, io_uring QD16";
+    let plots = [
         (
             Pattern::SeqRead,
             "throughput-seq-read.svg",
             "Sequential read",
+            sequential,
         ),
         (
             Pattern::SeqWrite,
             "throughput-seq-write.svg",
             "Sequential write",
+            sequential,
         ),
-    ]
-    .map(|(pattern, file, what)| Plot {
-        file: file.into(),
-        title: format!("{what}, O_DIRECT, io_uring QD16"),
-        x_label: "block size".into(),
-        y_label: "MiB/s".into(),
-        x_is_size: true,
-        series: matrix_series(
-            results,
-            |job| job.pattern == pattern && job.engine == Engine::IoUring,
-            |job| job.block_size as f64,
-            Metric::MibPerSec,
+        (
+            Pattern::RandRead,
+            "iops-randread.svg",
+            "4k random read",
+            ", O_DIRECT, io_uring",
         ),
+        (
+            Pattern::RandWrite,
+            "iops-randwrite.svg",
+            "4k random write",
+            ", O_DIRECT, io_uring",
+        ),
+    ];
+    let plots = plots.map(|(pattern, file, what, how)| {
+        let x_is_size = matches!(pattern, Pattern::SeqRead | Pattern::SeqWrite);
+        let (x_label, y_label) = if x_is_size {
+            ("block size", "MiB/s")
+        } else {
+            ("queue depth", "IOPS")
+        };
+        Plot {
+            file: file.into(),
+            title: format!("{what}{how}"),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            x_is_size,
+            series: matrix_series(results, pattern, x_is_size),
+        }
     });
-    let random = [
-        (Pattern::RandRead, "iops-randread.svg", "4k random read"),
-        (Pattern::RandWrite, "iops-randwrite.svg", "4k random write"),
-    ]
-    .map(|(pattern, file, what)| Plot {
-        file: file.into(),
-        title: format!("{what}, O_DIRECT, io_uring"),
-        x_label: "queue depth".into(),
-        y_label: "IOPS".into(),
-        x_is_size: false,
-        series: matrix_series(
-            results,
-            |job| {
-                job.pattern == pattern && job.engine == Engine::IoUring && job.block_size == 4 * KIB
-            },
-            |job| f64::from(job.iodepth),
-            Metric::Iops,
-        ),
-    });
-    seq.into_iter()
-        .chain(random)
+    plots
+        .into_iter()
         .filter(|plot| !plot.series.is_empty())
         .collect()
 }

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::plan::{AllocProbe, Duration, Engine, FioJob, KIB, KNOBS, Knob, Metric, Mode};
-use super::plan::{Pattern, ServerOptions, Workload, size_long};
+use super::plan::{AllocProbe, Duration, KNOBS, Metric, ServerOptions, Workload, size_long};
 use super::plot;
-use super::results::{AllocCounts, CaseSummary, LabResults, Outcome};
-use super::stats::Summary;
+use super::results::{AllocCounts, Case, LabResults, Outcome, ServerUsage, Summary};
 
 /// `950`, `52.1k`, `1.23M`: IOPS in progress lines, tables and plots.
 pub fn compact(value: f64) -> String {
@@ -25,17 +23,12 @@ pub fn compact(value: f64) -> String {
     }
 }
 
-/// A number in the metric's precision, with its unit when `unit`.
-fn format_value(metric: Metric, value: f64, unit: bool) -> String {
-    let number = match metric {
+/// A number in the metric's precision.
+fn format_value(metric: Metric, value: f64) -> String {
+    match metric {
         Metric::Seconds => format!("{value:.2}"),
         Metric::MibPerSec => format!("{value:.0}"),
         Metric::Iops => compact(value),
-    };
-    if unit {
-        format!("{number} {}", metric.unit())
-    } else {
-        number
     }
 }
 
@@ -49,12 +42,12 @@ fn spread(summary: &Summary, format: impl Fn(f64) -> String) -> String {
     }
 }
 
+fn two_decimals(value: f64) -> String {
+    format!("{value:.2}")
+}
+
 fn ratio_text(ratio: &Summary) -> String {
-    format!(
-        "{:.2}×{}",
-        ratio.median,
-        spread(ratio, |v| format!("{v:.2}"))
-    )
+    format!("{:.2}×{}", ratio.median, spread(ratio, two_decimals))
 }
 
 fn mib(kib: f64) -> String {
@@ -63,27 +56,30 @@ fn mib(kib: f64) -> String {
 
 /// A table cell for a target: ratio with spread, then the absolute value;
 /// or the reason there is no number.
-fn ratio_cell(metric: Metric, case: &CaseSummary, is_plain: bool) -> String {
-    let Some(value) = case.metric else {
+fn ratio_cell(metric: Metric, case: &Case, is_plain: bool) -> String {
+    let Some(value) = case.metric() else {
         return problem_text(case);
     };
-    let absolute = format_value(metric, value.median, true);
+    let absolute = format!("{} {}", format_value(metric, value.median), metric.unit());
     if is_plain {
-        return absolute + &spread(&value, |v| format_value(metric, v, false));
+        return absolute + &spread(&value, |v| format_value(metric, v));
     }
-    match case.ratio {
-        Some(ratio) => format!("**{:.2}×**{} · {absolute}", ratio.median, {
-            spread(&ratio, |v| format!("{v:.2}"))
-        }),
+    match case.ratio() {
+        Some(ratio) => format!(
+            "**{:.2}×**{} · {absolute}",
+            ratio.median,
+            spread(&ratio, two_decimals)
+        ),
         None => format!("{absolute} (no plain baseline to compare)"),
     }
 }
 
-fn problem_text(case: &CaseSummary) -> String {
-    if case.problems.is_empty() {
+fn problem_text(case: &Case) -> String {
+    let problems = case.problems();
+    if problems.is_empty() {
         "—".into()
     } else {
-        case.problems.join("; ")
+        problems.join("; ")
     }
 }
 
@@ -101,8 +97,30 @@ fn table(md: &mut String, header: Vec<String>, rows: impl IntoIterator<Item = Ve
     }
 }
 
-fn strings<const N: usize>(items: [&str; N]) -> Vec<String> {
-    items.map(str::to_string).to_vec()
+/// Appends a table with a row per group of `groups`, headed by `head`, and
+/// a column per label, where `cell` writes the label's case and `missing`
+/// stands for a label the group lacks.
+fn grid(
+    md: &mut String,
+    results: &LabResults,
+    groups: &[usize],
+    labels: &[String],
+    head: impl Fn(&Workload) -> String,
+    cell: impl Fn(&Workload, &Case, &str) -> String,
+    missing: &str,
+) {
+    let header = [vec!["workload".to_string()], labels.to_vec()].concat();
+    let rows = groups.iter().map(|&index| {
+        let workload = &results.plan.groups[index].workload;
+        let cells = labels
+            .iter()
+            .map(|label| match results.case_labelled(index, label) {
+                Some(case) => cell(workload, &case, label),
+                None => missing.to_string(),
+            });
+        std::iter::once(head(workload)).chain(cells).collect()
+    });
+    table(md, header, rows);
 }
 
 /// Writes every output file into `dir`; returns their paths.
@@ -127,9 +145,8 @@ pub fn write_all(results: &LabResults, dir: &Path) -> Result<Vec<PathBuf>, Strin
 
 /// Three decimals are plenty and keep the file readable; NaN is no number.
 fn rounded(value: Option<f64>) -> Option<f64> {
-    value
-        .filter(|v| v.is_finite())
-        .map(|v| (v * 1000.0).round() / 1000.0)
+    let finite = value.filter(|v| v.is_finite());
+    finite.map(|v| (v * 1000.0).round() / 1000.0)
 }
 
 /// One row of results.csv; the field names are its header.
@@ -274,22 +291,13 @@ fn groups_named(results: &LabResults, name: &str) -> Vec<usize> {
 fn labels_of(results: &LabResults, groups: &[usize]) -> Vec<String> {
     let mut labels = vec!["plain".to_string()];
     for &index in groups {
-        for target in &results.plan.groups[index].targets {
-            let label = target.label();
+        for label in results.plan.groups[index].targets.iter().map(|t| t.label()) {
             if !labels.contains(&label) {
                 labels.push(label);
             }
         }
     }
     labels
-}
-
-/// The summary of the target labelled `label` in group `index`, if the
-/// group has it.
-fn case(results: &LabResults, index: usize, label: &str) -> Option<CaseSummary> {
-    let targets = &results.plan.groups[index].targets;
-    let target = targets.iter().position(|t| t.label() == label)?;
-    Some(results.summarize(index, target))
 }
 
 /// One goal's row: a cell and (for fuse-export columns) whether it is met,
@@ -334,44 +342,30 @@ fn ratio_goal(
     goal: &str,
     met: impl Fn(f64) -> bool,
 ) -> Vec<String> {
-    let Some((index, _)) = results.find_group("matrix", workload_id) else {
+    let Some(index) = results.find_group("matrix", workload_id) else {
         let why_not = "not in this plan (filtered or --quick)";
         return goal_row(goal, columns, why_not, |_| ("—".into(), None));
     };
     goal_row(goal, columns, "no ratio (see below)", |label| {
-        match case(results, index, label) {
-            None => ("not in plan".into(), None),
-            Some(case) => match case.ratio {
-                Some(ratio) => (ratio_text(&ratio), Some(met(ratio.median))),
-                None => (problem_text(&case), None),
-            },
+        let Some(case) = results.case_labelled(index, label) else {
+            return ("not in plan".into(), None);
+        };
+        match case.ratio() {
+            Some(ratio) => (ratio_text(&ratio), Some(met(ratio.median))),
+            None => (problem_text(&case), None),
         }
     })
 }
 
 fn goal_rows(results: &LabResults, columns: &[String]) -> Vec<Vec<String>> {
-    let mut rows = vec![ratio_goal(
-        results,
-        columns,
-        "convert-direct",
-        "qemu-img convert -t none ≤ 1.3× plain time",
-        |ratio| ratio <= 1.3,
-    )];
-    for pattern in [Pattern::RandRead, Pattern::RandWrite] {
-        for engine in [Engine::IoUring, Engine::Libaio] {
-            let job = FioJob {
-                pattern,
-                block_size: 4 * KIB,
-                iodepth: 32,
-                engine,
-                runtime_secs: 0,
-            };
-            let goal = format!(
-                "4k {} QD32 ({}) ≥ 0.85× plain IOPS",
-                pattern.fio_rw(),
-                engine.fio_name()
-            );
-            let id = Workload::Fio(job).id();
+    let goal = "qemu-img convert -t none ≤ 1.3× plain time";
+    let mut rows = vec![ratio_goal(results, columns, "convert-direct", goal, |r| {
+        r <= 1.3
+    })];
+    for rw in ["randread", "randwrite"] {
+        for engine in ["io_uring", "libaio"] {
+            let id = format!("fio-{rw}-4k-qd32-{engine}");
+            let goal = format!("4k {rw} QD32 ({engine}) ≥ 0.85× plain IOPS");
             rows.push(ratio_goal(results, columns, &id, &goal, |r| r >= 0.85));
         }
     }
@@ -386,25 +380,19 @@ fn goal_rows(results: &LabResults, columns: &[String]) -> Vec<Vec<String>> {
     }
 
     // Idle RSS over every matrix run of each target.
-    rows.push(goal_row(
-        "idle RSS ≤ 8 MiB with 2 queues",
-        columns,
-        "no fuse-export run",
-        |label| {
-            let idle = Summary::of(results.records.iter().filter_map(|r| {
-                let group = &results.plan.groups[r.group];
-                let wanted = group.name == "matrix" && group.targets[r.target].label() == label;
-                wanted.then(|| r.outcome.server().map(|s| s.idle_rss_kib as f64))?
-            }));
-            match idle {
-                Some(s) => {
-                    let text = mib(s.median) + &spread(&s, |kib| format!("{:.1}", kib / 1024.0));
-                    (text, Some(s.median <= 8.0 * 1024.0))
-                }
-                None => ("—".into(), None),
-            }
-        },
-    ));
+    let goal = "idle RSS ≤ 8 MiB with 2 queues";
+    rows.push(goal_row(goal, columns, "no fuse-export run", |label| {
+        let idle = Summary::of(results.records.iter().filter_map(|r| {
+            let group = &results.plan.groups[r.group];
+            let wanted = group.name == "matrix" && group.targets[r.target].label() == label;
+            wanted.then(|| r.outcome.server().map(|s| s.idle_rss_kib as f64))?
+        }));
+        let Some(idle) = idle else {
+            return ("—".into(), None);
+        };
+        let text = mib(idle.median) + &spread(&idle, |kib| format!("{:.1}", kib / 1024.0));
+        (text, Some(idle.median <= 8.0 * 1024.0))
+    }));
 
     // Allocations: every probe must show none in steady state.
     let why_not = results
@@ -412,36 +400,30 @@ fn goal_rows(results: &LabResults, columns: &[String]) -> Vec<Vec<String>> {
         .iter()
         .find_map(|r| r.outcome.as_ref().err().cloned())
         .unwrap_or_else(|| "no allocation probe ran".into());
-    rows.push(goal_row(
-        "zero allocations per request in steady state",
-        columns,
-        &why_not,
-        |label| {
-            let measured: Vec<&AllocCounts> = results
-                .allocs
-                .iter()
-                .filter(|r| results.plan.alloc_probes[r.probe].options.label() == label)
-                .filter_map(|r| r.outcome.as_ref().ok())
-                .collect();
-            let worst = measured
-                .iter()
-                .filter_map(|c| c.steady_state_per_request())
-                .reduce(f64::max);
-            let extra = |f: fn(&AllocCounts) -> u64| measured.iter().map(|c| f(c)).sum::<u64>();
-            let allocations = extra(|c| c.long_allocations.saturating_sub(c.short_allocations));
-            let requests = extra(|c| c.long_requests.saturating_sub(c.short_requests));
-            match worst {
-                Some(worst) => (
-                    format!(
-                        "worst {worst:.4}/request ({allocations} extra allocations over \
-                         {requests} extra requests)"
-                    ),
-                    Some(allocations == 0),
-                ),
-                None => ("—".into(), None),
-            }
-        },
-    ));
+    let goal = "zero allocations per request in steady state";
+    rows.push(goal_row(goal, columns, &why_not, |label| {
+        let measured: Vec<&AllocCounts> = results
+            .allocs
+            .iter()
+            .filter(|r| results.plan.alloc_probes[r.probe].options.label() == label)
+            .filter_map(|r| r.outcome.as_ref().ok())
+            .collect();
+        let worst = measured
+            .iter()
+            .filter_map(|c| c.steady_state_per_request())
+            .reduce(f64::max);
+        let extra = |f: fn(&AllocCounts) -> u64| measured.iter().map(|c| f(c)).sum::<u64>();
+        let allocations = extra(|c| c.long_allocations.saturating_sub(c.short_allocations));
+        let requests = extra(|c| c.long_requests.saturating_sub(c.short_requests));
+        let Some(worst) = worst else {
+            return ("—".into(), None);
+        };
+        let text = format!(
+            "worst {worst:.4}/request ({allocations} extra allocations over {requests} \
+             extra requests)"
+        );
+        (text, Some(allocations == 0))
+    }));
     rows
 }
 
@@ -449,12 +431,30 @@ fn workload_cell(workload: &Workload) -> String {
     format!("`{}` {}", workload.id(), workload.describe())
 }
 
+const INTRODUCTION: &str = "\nRatios are target ÷ plain image file for the same workload in the \
+    same repetition; median over repetitions, (min–max) when there are several. For convert \
+    (seconds) lower is better, everywhere else higher is better. fuse-export runs with \
+    `--queues 2` unless a knob says otherwise; qsd = qemu-storage-daemon `--export fuse` \
+    (aio=io_uring, cache.direct=on). `ext4-` workloads run fio in a file on a fresh ext4 on a \
+    direct-I/O loop device over the target.\n";
+
+const SERVER_COST: &str = "\n## Server cost (median per run)\n\nCPU is user+system time of the \
+    whole server process (all threads, io_uring workers included) during the workload, per \
+    client I/O for fio and per GiB otherwise; RSS is VmHWM of a server started fresh for the \
+    run; threads is the most seen while it ran.\n\n";
+
+const ALLOCATIONS: &str = "\n## Allocations per request\n\nfuse-export built with `--features \
+    alloc-count` (a counting global allocator that logs `allocations: N total` at exit). Each \
+    fio job runs twice in fresh servers, short and long; start-up, INIT and pool warm-up are \
+    the same in both runs, so (long − short allocations) ÷ (long − short FUSE requests) is the \
+    steady-state cost per request. Requests come from the server's own `QueueReport` \
+    counters.\n\n";
+
 pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
     let plan = &results.plan;
     let settings = &plan.settings;
     let context = &results.context;
-    let mut md = String::new();
-    let _ = writeln!(md, "# fuse-export performance lab, {}\n", context.started);
+    let mut md = format!("# fuse-export performance lab, {}\n\n", context.started);
     if context.interrupted {
         md.push_str("**Interrupted: partial results.**\n\n");
     }
@@ -462,10 +462,7 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
         md,
         "- run: {}, {} repetition(s) per case interleaved with the plain file, \
          image {}, fio {} s per run, {} in total",
-        match settings.mode {
-            Mode::Quick => "`--quick`",
-            Mode::Full => "full",
-        },
+        if settings.quick { "`--quick`" } else { "full" },
         settings.repetitions,
         size_long(settings.image_size),
         settings.fio_runtime_secs,
@@ -478,106 +475,91 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
     for note in &context.notes {
         let _ = writeln!(md, "- {note}");
     }
-    md.push_str(
-        "\nRatios are target ÷ plain image file for the same workload in the same \
-         repetition; median over repetitions, (min–max) when there are several. For \
-         convert (seconds) lower is better, everywhere else higher is better. \
-         fuse-export runs with `--queues 2` unless a knob says otherwise; \
-         qsd = qemu-storage-daemon `--export fuse` (aio=io_uring, cache.direct=on). \
-         `ext4-` workloads run fio in a file on a fresh ext4 on a direct-I/O loop \
-         device over the target.\n",
-    );
+    md.push_str(INTRODUCTION);
 
     let matrix = groups_named(results, "matrix");
     let labels = labels_of(results, &matrix);
     let servers = &labels[1..];
     md.push_str("\n## Goals\n\n");
-    let header = [
-        vec!["goal".to_string()],
-        servers.to_vec(),
-        strings(["status"]),
-    ]
-    .concat();
+    let mut header = vec!["goal".to_string()];
+    header.extend_from_slice(servers);
+    header.push("status".into());
     table(&mut md, header, goal_rows(results, servers));
 
     if !matrix.is_empty() {
-        let header = [strings(["workload"]), labels.clone()].concat();
         md.push_str("\n## Workloads\n\n");
-        let rows = matrix.iter().map(|&index| {
-            let workload = &plan.groups[index].workload;
-            let metric = workload.metric();
-            let mut row = vec![workload_cell(workload)];
-            if !metric.higher_is_better() {
-                row[0].push_str(" (time: lower is better)");
-            }
-            row.extend(labels.iter().map(|label| {
-                case(results, index, label).map_or("not in plan".into(), |case| {
-                    ratio_cell(metric, &case, label == "plain")
-                })
-            }));
-            row
-        });
-        table(&mut md, header.clone(), rows);
+        let head = |workload: &Workload| match workload.metric() {
+            Metric::Seconds => workload_cell(workload) + " (time: lower is better)",
+            _ => workload_cell(workload),
+        };
+        let cell =
+            |w: &Workload, case: &Case, label: &str| ratio_cell(w.metric(), case, label == "plain");
+        grid(
+            &mut md,
+            results,
+            &matrix,
+            &labels,
+            head,
+            cell,
+            "not in plan",
+        );
 
         md.push_str("\n## Latency (fio completion latency, µs, p50 / p99)\n\n");
-        let fio_groups = matrix.iter().copied().filter(|&index| {
-            let workload = &plan.groups[index].workload;
-            matches!(workload, Workload::Fio(_) | Workload::Ext4Fio { .. })
-        });
-        let rows = fio_groups.map(|index| {
-            let mut row = vec![format!("`{}`", plan.groups[index].workload.id())];
-            row.extend(labels.iter().map(|label| {
-                case(results, index, label)
-                    .and_then(|case| Some((case.lat_p50_us?, case.lat_p99_us?)))
-                    .map_or("—".into(), |(p50, p99)| {
-                        format!("{:.0} / {:.0}", p50.median, p99.median)
-                    })
-            }));
-            row
-        });
-        table(&mut md, header, rows);
+        let fio: Vec<usize> = matrix
+            .iter()
+            .copied()
+            .filter(|&index| plan.groups[index].workload.fio_job().is_some())
+            .collect();
+        let head = |workload: &Workload| format!("`{}`", workload.id());
+        let cell = |_: &Workload, case: &Case, _: &str| {
+            let p50 = case.summary(|m, _| m.lat_p50_us);
+            let p99 = case.summary(|m, _| m.lat_p99_us);
+            p50.zip(p99).map_or("—".into(), |(p50, p99)| {
+                format!("{:.0} / {:.0}", p50.median, p99.median)
+            })
+        };
+        grid(&mut md, results, &fio, &labels, head, cell, "—");
 
-        md.push_str(
-            "\n## Server cost (median per run)\n\n\
-             CPU is user+system time of the whole server process (all threads, io_uring \
-             workers included) during the workload, per client I/O for fio and per GiB \
-             otherwise; RSS is VmHWM of a server started fresh for the run; threads is the \
-             most seen while it ran.\n\n",
-        );
-        let mut header = strings(["workload"]);
+        md.push_str(SERVER_COST);
+        let mut header = vec!["workload".to_string()];
         header.extend(servers.iter().map(|l| format!("{l} CPU")));
         header.extend(servers.iter().map(|l| format!("{l} RSS idle / peak")));
         header.push(format!("threads idle → max, {}", servers.join(" / ")));
         let rows = matrix.iter().map(|&index| {
-            let cases: Vec<CaseSummary> = servers
+            let cases: Vec<Option<Case>> = servers
                 .iter()
-                .map(|label| case(results, index, label).unwrap_or_default())
+                .map(|label| results.case_labelled(index, label))
                 .collect();
+            let medians =
+                |case: &Option<Case>, a: fn(&ServerUsage) -> f64, b: fn(&ServerUsage) -> f64| {
+                    let case = case.as_ref()?;
+                    Some((case.server(a)?.median, case.server(b)?.median))
+                };
             let mut row = vec![format!("`{}`", plan.groups[index].workload.id())];
-            row.extend(
-                cases
-                    .iter()
-                    .map(|c| match (c.cpu_us_per_io, c.cpu_ms_per_gib) {
-                        (Some(us), _) => format!("{:.1} µs/io", us.median),
-                        (None, Some(ms)) => format!("{:.0} ms/GiB", ms.median),
-                        _ => "—".into(),
-                    }),
-            );
-            row.extend(
-                cases
-                    .iter()
-                    .map(|c| match (c.idle_rss_kib, c.peak_rss_kib) {
-                        (Some(idle), Some(peak)) => {
-                            format!("{} / {}", mib(idle.median), mib(peak.median))
-                        }
-                        _ => "—".into(),
-                    }),
-            );
+            row.extend(cases.iter().map(|case| {
+                let per_io = |c: &Case| c.summary(|m, s| s?.cpu_us_per_io(m));
+                let per_gib = |c: &Case| c.summary(|m, s| s?.cpu_ms_per_gib(m));
+                match (
+                    case.as_ref().and_then(per_io),
+                    case.as_ref().and_then(per_gib),
+                ) {
+                    (Some(us), _) => format!("{:.1} µs/io", us.median),
+                    (None, Some(ms)) => format!("{:.0} ms/GiB", ms.median),
+                    _ => "—".into(),
+                }
+            }));
+            row.extend(cases.iter().map(|case| {
+                let rss = medians(case, |s| s.idle_rss_kib as f64, |s| s.peak_rss_kib as f64);
+                rss.map_or("—".into(), |(idle, peak)| {
+                    format!("{} / {}", mib(idle), mib(peak))
+                })
+            }));
             let threads: Vec<String> = cases
                 .iter()
-                .map(|c| match (c.idle_threads, c.max_threads) {
-                    (Some(idle), Some(max)) => format!("{:.0} → {:.0}", idle.median, max.median),
-                    _ => "—".into(),
+                .map(|case| {
+                    let threads =
+                        medians(case, |s| s.idle_threads as f64, |s| s.max_threads as f64);
+                    threads.map_or("—".into(), |(idle, max)| format!("{idle:.0} → {max:.0}"))
                 })
                 .collect();
             row.push(threads.join(" / "));
@@ -586,9 +568,9 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
         table(&mut md, header, rows);
     }
 
-    let swept: Vec<(&Knob, Vec<usize>)> = KNOBS
+    let swept: Vec<_> = KNOBS
         .iter()
-        .map(|knob| (*knob, groups_named(results, &format!("knob-{}", knob.name))))
+        .map(|knob| (knob, groups_named(results, &format!("knob-{}", knob.name))))
         .filter(|(_, groups)| !groups.is_empty())
         .collect();
     if !swept.is_empty() {
@@ -598,43 +580,34 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
     }
     for (knob, groups) in swept {
         let _ = writeln!(md, "\n### {}\n\n{}.\n", knob.name, knob.about);
+        let cell = |w: &Workload, case: &Case, label: &str| {
+            let mut cell = ratio_cell(w.metric(), case, label == "plain");
+            if let Some(rss) = case.server(|s| s.peak_rss_kib as f64) {
+                let _ = write!(cell, " · {}", mib(rss.median));
+            }
+            cell
+        };
         let labels = labels_of(results, &groups);
-        let header = [strings(["workload"]), labels.clone()].concat();
-        let rows = groups.into_iter().map(|index| {
-            let workload = &plan.groups[index].workload;
-            let mut row = vec![workload_cell(workload)];
-            row.extend(labels.iter().map(|label| {
-                let Some(case) = case(results, index, label) else {
-                    return "not in plan".into();
-                };
-                let mut cell = ratio_cell(workload.metric(), &case, label == "plain");
-                if let Some(rss) = case.peak_rss_kib {
-                    let _ = write!(cell, " · {}", mib(rss.median));
-                }
-                cell
-            }));
-            row
-        });
-        table(&mut md, header, rows);
+        grid(
+            &mut md,
+            results,
+            &groups,
+            &labels,
+            workload_cell,
+            cell,
+            "not in plan",
+        );
     }
 
     if !plan.alloc_probes.is_empty() {
-        md.push_str(
-            "\n## Allocations per request\n\n\
-             fuse-export built with `--features alloc-count` (a counting global allocator \
-             that logs `allocations: N total` at exit). Each fio job \
-             runs twice in fresh servers, short and long; start-up, INIT and pool warm-up \
-             are the same in both runs, so (long − short allocations) ÷ (long − short \
-             FUSE requests) is the steady-state cost per request. Requests come from the \
-             server's own `QueueReport` counters.\n\n",
-        );
-        let header = strings([
+        md.push_str(ALLOCATIONS);
+        let header = [
             "workload",
             "short run: allocations / requests",
             "long run: allocations / requests",
             "steady state per request",
             "all allocations per request (long run)",
-        ]);
+        ];
         let per_request = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
         let rows = results.allocs.iter().map(|record| {
             let id = format!("`{}`", probe_name(&plan.alloc_probes[record.probe]));
@@ -653,13 +626,13 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
                 }
             }
         });
-        table(&mut md, header, rows);
+        table(&mut md, header.map(String::from).to_vec(), rows);
     }
 
     let mut problems = Vec::new();
     for (index, group) in plan.groups.iter().enumerate() {
         for (target, t) in group.targets.iter().enumerate() {
-            for problem in results.summarize(index, target).problems {
+            for problem in results.case(index, target).problems() {
                 problems.push(format!("`{}`: {problem}", group.case_id(t)));
             }
         }
@@ -699,7 +672,7 @@ mod tests {
     /// A quick plan where plain does 100 units, fuse-export 90, and qsd fails.
     fn fake_results() -> LabResults {
         let plan = Plan::build(
-            &Settings::for_mode(Mode::Quick),
+            &Settings::new(true),
             &ServerCapabilities::default(),
             &[ServerOptions::default()],
         );
@@ -801,7 +774,7 @@ mod tests {
     #[test]
     fn goals_judge_every_fuse_export_variant() {
         let mut results = fake_results();
-        let uring = ServerOptions::default().with(&crate::lab::plan::TRANSPORT, "uring");
+        let uring = ServerOptions::default().with(crate::lab::plan::TRANSPORT, "uring");
         for group in &mut results.plan.groups {
             group.targets.push(Target::FuseExport(uring.clone()));
         }

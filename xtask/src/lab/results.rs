@@ -1,8 +1,47 @@
 //! What a lab run produced, before it is turned into files.
+//!
+//! These machines are noisy, so every number the lab reports is the median
+//! of its repetitions, with the minimum and maximum as the spread.
 
 use super::plan::{Group, Plan, Target};
-use super::stats::Summary;
 use super::workload::Measurement;
+
+/// Median, minimum and maximum of a non-empty sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: usize,
+}
+
+impl Summary {
+    /// `None` for an empty sample; NaN values are ignored.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Summary> {
+        let mut sorted: Vec<f64> = values.into_iter().filter(|v| !v.is_nan()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let (count, half) = (sorted.len(), sorted.len() / 2);
+        let median = if count % 2 == 1 {
+            sorted[half]
+        } else {
+            (sorted[half - 1] + sorted[half]) / 2.0
+        };
+        Some(Summary {
+            median,
+            min: sorted[0],
+            max: sorted[count - 1],
+            count,
+        })
+    }
+
+    /// Whether there is a spread to show (more than one repetition).
+    pub fn has_spread(&self) -> bool {
+        self.count > 1
+    }
+}
 
 /// The export server's cost during one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,16 +64,14 @@ pub struct ServerUsage {
 impl ServerUsage {
     /// CPU milliseconds per GiB moved.
     pub fn cpu_ms_per_gib(&self, measurement: &Measurement) -> Option<f64> {
-        (measurement.bytes > 0)
-            .then(|| self.cpu_seconds * 1000.0 / (measurement.bytes as f64 / (1u64 << 30) as f64))
+        let gib = measurement.bytes as f64 / (1u64 << 30) as f64;
+        (measurement.bytes > 0).then(|| self.cpu_seconds * 1000.0 / gib)
     }
 
     /// CPU microseconds per client I/O (fio only).
     pub fn cpu_us_per_io(&self, measurement: &Measurement) -> Option<f64> {
-        measurement
-            .ios
-            .filter(|&ios| ios > 0)
-            .map(|ios| self.cpu_seconds * 1e6 / ios as f64)
+        let ios = measurement.ios.filter(|&ios| ios > 0)?;
+        Some(self.cpu_seconds * 1e6 / ios as f64)
     }
 }
 
@@ -85,14 +122,17 @@ pub struct RunRecord {
     pub outcome: Outcome,
 }
 
-impl RunRecord {
-    /// This record's primary metric ÷ `baseline`'s, if both were measured.
-    pub fn ratio_to(&self, baseline: &RunRecord, group: &Group) -> Option<f64> {
-        let metric = group.workload.metric();
-        let value = self.outcome.measurement()?.value(metric)?;
-        let base = baseline.outcome.measurement()?.value(metric)?;
-        (base > 0.0).then(|| value / base)
-    }
+/// `record`'s primary metric ÷ that of plain in the same repetition, found
+/// among `records`, if both were measured.
+pub fn ratio_to_plain(records: &[RunRecord], record: &RunRecord, group: &Group) -> Option<f64> {
+    let plain = group.targets.iter().position(|t| *t == Target::Plain)?;
+    let baseline = records
+        .iter()
+        .find(|r| (r.group, r.target, r.repetition) == (record.group, plain, record.repetition))?;
+    let metric = group.workload.metric();
+    let value = record.outcome.measurement()?.value(metric)?;
+    let base = baseline.outcome.measurement()?.value(metric)?;
+    (base > 0.0).then(|| value / base)
 }
 
 /// Allocation counts of the short and the long run of one probe.
@@ -109,11 +149,8 @@ impl AllocCounts {
     /// start-up, INIT and pool warm-up are the same in both and cancel.
     pub fn steady_state_per_request(&self) -> Option<f64> {
         let extra_requests = self.long_requests.checked_sub(self.short_requests)?;
-        if extra_requests == 0 {
-            return None;
-        }
         let extra_allocations = self.long_allocations as f64 - self.short_allocations as f64;
-        Some(extra_allocations.max(0.0) / extra_requests as f64)
+        (extra_requests > 0).then(|| extra_allocations.max(0.0) / extra_requests as f64)
     }
 
     /// All allocations of the long run (start-up included) per request.
@@ -148,87 +185,102 @@ pub struct LabResults {
     pub context: RunContext,
 }
 
-/// Median and spread of one target in one group.
-#[derive(Debug, Clone, Default)]
-pub struct CaseSummary {
-    pub metric: Option<Summary>,
-    /// Per repetition target ÷ plain of the primary metric.
-    pub ratio: Option<Summary>,
-    pub lat_p50_us: Option<Summary>,
-    pub lat_p99_us: Option<Summary>,
-    pub cpu_ms_per_gib: Option<Summary>,
-    pub cpu_us_per_io: Option<Summary>,
-    pub idle_rss_kib: Option<Summary>,
-    pub peak_rss_kib: Option<Summary>,
-    pub idle_threads: Option<Summary>,
-    pub max_threads: Option<Summary>,
-    /// Distinct reasons for runs without a measurement.
-    pub problems: Vec<String>,
-}
-
 impl LabResults {
-    pub fn records_of(&self, group: usize, target: usize) -> impl Iterator<Item = &RunRecord> {
-        self.records
-            .iter()
-            .filter(move |r| r.group == group && r.target == target)
-    }
-
     /// target ÷ plain of the primary metric for one record, if both measured.
     pub fn ratio(&self, record: &RunRecord) -> Option<f64> {
-        let group = &self.plan.groups[record.group];
-        let plain = group.targets.iter().position(|t| *t == Target::Plain)?;
-        let baseline = self
-            .records_of(record.group, plain)
-            .find(|r| r.repetition == record.repetition)?;
-        record.ratio_to(baseline, group)
+        ratio_to_plain(&self.records, record, &self.plan.groups[record.group])
     }
 
-    pub fn summarize(&self, group: usize, target: usize) -> CaseSummary {
-        let metric = self.plan.groups[group].workload.metric();
-        let records: Vec<&RunRecord> = self.records_of(group, target).collect();
-        let measured: Vec<(&Measurement, Option<&ServerUsage>)> = records
-            .iter()
-            .filter_map(|r| r.outcome.measurement().map(|m| (m, r.outcome.server())))
+    /// The runs of target `target` in group `group`.
+    pub fn case(&self, group: usize, target: usize) -> Case<'_> {
+        let records = self.records.iter();
+        let records = records
+            .filter(|r| (r.group, r.target) == (group, target))
             .collect();
-        let of = |f: &dyn Fn(&Measurement, Option<&ServerUsage>) -> Option<f64>| {
-            Summary::of(measured.iter().filter_map(|(m, s)| f(m, *s)))
-        };
-        let mut problems: Vec<String> = Vec::new();
-        for record in &records {
-            if let Some(problem) = record.outcome.problem()
-                && !problems.contains(&problem)
-            {
-                problems.push(problem);
-            }
+        Case {
+            results: self,
+            group,
+            records,
         }
-        CaseSummary {
-            metric: of(&|m, _| m.value(metric)),
-            ratio: Summary::of(records.iter().filter_map(|r| self.ratio(r))),
-            lat_p50_us: of(&|m, _| m.lat_p50_us),
-            lat_p99_us: of(&|m, _| m.lat_p99_us),
-            cpu_ms_per_gib: of(&|m, s| s?.cpu_ms_per_gib(m)),
-            cpu_us_per_io: of(&|m, s| s?.cpu_us_per_io(m)),
-            idle_rss_kib: of(&|_, s| s.map(|s| s.idle_rss_kib as f64)),
-            peak_rss_kib: of(&|_, s| s.map(|s| s.peak_rss_kib as f64)),
-            idle_threads: of(&|_, s| s.map(|s| s.idle_threads as f64)),
-            max_threads: of(&|_, s| s.map(|s| s.max_threads as f64)),
-            problems,
-        }
+    }
+
+    /// The runs of the target labelled `label` in group `group`, if the
+    /// group has it.
+    pub fn case_labelled(&self, group: usize, label: &str) -> Option<Case<'_>> {
+        let targets = &self.plan.groups[group].targets;
+        Some(self.case(group, targets.iter().position(|t| t.label() == label)?))
     }
 
     /// Index of the first group named `name` running `workload_id`.
-    pub fn find_group(&self, name: &str, workload_id: &str) -> Option<(usize, &Group)> {
-        self.plan
-            .groups
-            .iter()
-            .enumerate()
-            .find(|(_, g)| g.name == name && g.workload.id() == workload_id)
+    pub fn find_group(&self, name: &str, workload_id: &str) -> Option<usize> {
+        let mut groups = self.plan.groups.iter();
+        groups.position(|g| g.name == name && g.workload.id() == workload_id)
+    }
+}
+
+/// The repetitions of one target in one group.
+#[derive(Debug)]
+pub struct Case<'a> {
+    results: &'a LabResults,
+    group: usize,
+    records: Vec<&'a RunRecord>,
+}
+
+impl Case<'_> {
+    /// Median and spread of `value` over the measured runs.
+    pub fn summary(
+        &self,
+        value: impl Fn(&Measurement, Option<&ServerUsage>) -> Option<f64>,
+    ) -> Option<Summary> {
+        let outcomes = self.records.iter().map(|r| &r.outcome);
+        Summary::of(outcomes.filter_map(|o| value(o.measurement()?, o.server())))
+    }
+
+    /// The primary metric.
+    pub fn metric(&self) -> Option<Summary> {
+        let metric = self.results.plan.groups[self.group].workload.metric();
+        self.summary(|m, _| m.value(metric))
+    }
+
+    /// Per repetition target ÷ plain of the primary metric.
+    pub fn ratio(&self) -> Option<Summary> {
+        Summary::of(self.records.iter().filter_map(|r| self.results.ratio(r)))
+    }
+
+    /// A server figure, for runs with a server.
+    pub fn server(&self, value: impl Fn(&ServerUsage) -> f64) -> Option<Summary> {
+        self.summary(|_, server| server.map(&value))
+    }
+
+    /// Distinct reasons for runs without a measurement.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = Vec::new();
+        for problem in self.records.iter().filter_map(|r| r.outcome.problem()) {
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+        problems
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_samples() {
+        let odd = Summary::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!(
+            (odd.median, odd.min, odd.max, odd.count),
+            (2.0, 1.0, 3.0, 3)
+        );
+        let even = Summary::of([4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(even.median, 2.5);
+        assert!(Summary::of([]).is_none());
+        assert!(Summary::of([f64::NAN]).is_none());
+        assert!(!Summary::of([1.0]).unwrap().has_spread());
+    }
 
     #[test]
     fn steady_state_allocations_cancel_start_up() {

@@ -1,14 +1,13 @@
 //! Executes a plan: interleaved repetitions, one fresh server per run.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::host;
-use super::plan::{AllocProbe, Duration, Group, Plan, Target, Workload};
+use super::plan::{AllocProbe, Duration, FioJob, Group, Plan, Target, Workload};
 use super::report::compact;
-use super::results::{AllocCounts, AllocRecord, Outcome, RunRecord, ServerUsage};
-use super::target::{self, ServerProcess, ThreadSampler};
+use super::results::{AllocCounts, AllocRecord, Outcome, RunRecord, ServerUsage, ratio_to_plain};
+use super::target::{self, ServerProcess};
 use super::workload::{self, ClientFiles, Measurement};
 
 /// Machine resources a run uses.
@@ -18,14 +17,15 @@ pub struct Workspace {
     pub image_size: u64,
     pub mountpoint: PathBuf,
     pub logs: PathBuf,
-    pub client: ClientFiles,
+    /// Random raw image `qemu-img convert` reads (at least as large as any
+    /// convert workload).
+    pub source: PathBuf,
+    /// Where the ext4 workloads mount their filesystem.
+    pub ext4_dir: PathBuf,
     /// The fuse-export binary, or why there is none.
     pub server: Result<PathBuf, String>,
     /// The `--features alloc-count` binary, or why there is none.
     pub alloc_server: Result<PathBuf, String>,
-    /// Client and peer programs that are missing, with the reason.
-    pub missing: BTreeMap<&'static str, String>,
-    pub fuse_device: Result<(), String>,
 }
 
 /// Runs the plan and reports progress on stdout, one line per run.
@@ -54,41 +54,37 @@ impl<'a> Runner<'a> {
     /// runs right after the same neighbour. Stops early on Ctrl-C.
     pub fn run_groups(&mut self) -> Vec<RunRecord> {
         let mut records: Vec<RunRecord> = Vec::new();
+        let repetitions = self.plan.settings.repetitions;
         for (group_index, group) in self.plan.groups.iter().enumerate() {
-            for repetition in 0..self.plan.settings.repetitions {
+            for repetition in 0..repetitions {
                 let count = group.targets.len();
-                for offset in 0..count {
+                for target_index in (0..count).map(|offset| (offset + repetition as usize) % count)
+                {
                     if host::interrupted() {
                         return records;
                     }
-                    let target_index = (offset + repetition as usize) % count;
                     let target = &group.targets[target_index];
+                    let outcome = self.run_case(group, target, repetition);
                     let record = RunRecord {
                         group: group_index,
                         target: target_index,
                         repetition,
-                        outcome: self.run_case(group, target, repetition),
+                        outcome,
                     };
-                    let baseline = records.iter().find(|r| {
-                        r.group == group_index
-                            && r.repetition == repetition
-                            && group.targets[r.target] == Target::Plain
-                    });
-                    let ratio = baseline.and_then(|base| record.ratio_to(base, group));
-                    self.estimated_done += self.plan.run_estimate_secs(group, target);
                     let detail = match &record.outcome {
                         Outcome::Measured {
                             measurement,
                             server,
-                        } => describe_measurement(measurement, server.as_ref(), ratio),
+                        } => {
+                            let ratio = ratio_to_plain(&records, &record, group);
+                            describe_measurement(measurement, server.as_ref(), ratio)
+                        }
                         other => other.problem().unwrap_or_default(),
                     };
+                    self.estimated_done += self.plan.run_estimate_secs(group, target);
                     let case = group.case_id(target);
-                    let reps = self.plan.settings.repetitions;
-                    self.progress(
-                        1,
-                        &format!("{case} rep {}/{reps}: {detail}", repetition + 1),
-                    );
+                    let rep = repetition + 1;
+                    self.progress(1, &format!("{case} rep {rep}/{repetitions}: {detail}"));
                     records.push(record);
                 }
             }
@@ -107,28 +103,25 @@ impl<'a> Runner<'a> {
             1.0
         };
         let remaining = (self.plan.estimate_secs() - self.estimated_done).max(0.0) * speed;
-        let total = self.plan.run_count();
+        let (done, total) = (self.done, self.plan.run_count());
         let width = total.to_string().len();
         println!(
-            "[{:>width$}/{total}] {line}  (eta {})",
-            self.done,
+            "[{done:>width$}/{total}] {line}  (eta {})",
             Duration(remaining)
         );
     }
 
     /// Why `target` cannot run `workload` here, if it cannot.
     fn unavailable(&self, workload: &Workload, target: &Target) -> Option<String> {
-        let ws = self.workspace;
-        let missing = |tool| ws.missing.get(tool).cloned();
-        let fuse = || ws.fuse_device.clone().err();
+        let fuse = || (!Path::new("/dev/fuse").exists()).then(|| "/dev/fuse is missing".into());
         workload
             .tools()
             .iter()
-            .find_map(&missing)
+            .find_map(|tool| host::missing(tool))
             .or_else(|| match target {
                 Target::Plain => None,
-                Target::FuseExport(_) => fuse().or(ws.server.clone().err()),
-                Target::Qsd => fuse().or_else(|| missing(&"qemu-storage-daemon")),
+                Target::FuseExport(_) => fuse().or(self.workspace.server.clone().err()),
+                Target::Qsd => fuse().or_else(|| host::missing("qemu-storage-daemon")),
             })
     }
 
@@ -136,14 +129,9 @@ impl<'a> Runner<'a> {
         if let Some(reason) = self.unavailable(&group.workload, target) {
             return Outcome::Unavailable(reason);
         }
-        let stem = format!(
-            "{}-{}-{}-rep{}",
-            group.name,
-            group.workload.id(),
-            target.label(),
-            repetition + 1
-        )
-        .replace(['/', '[', ']', '=', ',', '+'], "_");
+        let (name, workload) = (&group.name, group.workload.id());
+        let stem = format!("{name}-{workload}-{}-rep{}", target.label(), repetition + 1)
+            .replace(['/', '[', ']', '=', ',', '+'], "_");
         match self.measure(&group.workload, target, &stem, None) {
             Ok((measurement, server, _log)) => Outcome::Measured {
                 measurement,
@@ -154,8 +142,8 @@ impl<'a> Runner<'a> {
     }
 
     /// Starts the target, sets the workload up, runs it, takes it down and
-    /// stops the target. `binary` overrides the fuse-export binary (the
-    /// alloc-count build).
+    /// stops the target; returns the server's log too. `binary` overrides
+    /// the fuse-export binary (the alloc-count build).
     fn measure(
         &self,
         workload: &Workload,
@@ -165,11 +153,11 @@ impl<'a> Runner<'a> {
     ) -> Result<(Measurement, Option<ServerUsage>, String), String> {
         let ws = self.workspace;
         let client = ClientFiles {
-            log: ws.logs.join(format!("{stem}.client.log")),
+            source: ws.source.clone(),
             fio_report: ws.logs.join(format!("{stem}.fio.json")),
-            ..ws.client.clone()
+            log: ws.logs.join(format!("{stem}.client.log")),
+            ext4_dir: ws.ext4_dir.clone(),
         };
-        let server_log = ws.logs.join(format!("{stem}.server.log"));
         let (name, command, owns_mountpoint) = match target {
             Target::Plain => {
                 let prepared = workload::prepare(workload, &ws.image, ws.image_size, client)?;
@@ -185,18 +173,18 @@ impl<'a> Runner<'a> {
                     target::fuse_export_command(binary, &ws.image, &ws.mountpoint, options);
                 ("fuse-export", command, false)
             }
-            Target::Qsd => (
-                "qemu-storage-daemon",
-                target::qsd_command(&ws.image, &ws.mountpoint),
-                true,
-            ),
+            Target::Qsd => {
+                let command = target::qsd_command(&ws.image, &ws.mountpoint);
+                ("qemu-storage-daemon", command, true)
+            }
         };
+        let log = ws.logs.join(format!("{stem}.server.log"));
         let server = ServerProcess::start(
             name,
             command,
             &ws.mountpoint,
             ws.image_size,
-            &server_log,
+            &log,
             owns_mountpoint,
         )?;
         let pid = server.pid();
@@ -206,9 +194,7 @@ impl<'a> Runner<'a> {
         let prepared = workload::prepare(workload, &ws.mountpoint, ws.image_size, client)?;
         host::drop_caches()?;
         let cpu_before = host::cpu_seconds(pid);
-        let sampler = ThreadSampler::start(pid);
-        let result = prepared.run();
-        let max_threads = sampler.finish();
+        let (result, max_threads) = target::most_threads_during(pid, || prepared.run());
         let cpu_after = host::cpu_seconds(pid);
         let peak_rss_kib = host::status(pid).and_then(|s| s.vmhwm).unwrap_or(0);
         drop(prepared);
@@ -217,10 +203,9 @@ impl<'a> Runner<'a> {
         let log = stopped.map_err(|err| format!("server: {err}"))?;
         let (requests, spilled) = target::queue_totals(&log).unzip();
         let usage = ServerUsage {
-            cpu_seconds: match (cpu_before, cpu_after) {
-                (Some(before), Some(after)) => after - before,
-                _ => f64::NAN,
-            },
+            cpu_seconds: cpu_after
+                .zip(cpu_before)
+                .map_or(f64::NAN, |(after, before)| after - before),
             idle_rss_kib: idle.as_ref().and_then(|s| s.vmrss).unwrap_or(0),
             peak_rss_kib,
             idle_threads: idle.map_or(0, |s| s.threads),
@@ -235,25 +220,25 @@ impl<'a> Runner<'a> {
     /// build.
     pub fn run_alloc_probes(&mut self) -> Vec<AllocRecord> {
         let mut records = Vec::new();
+        let (short, long) = self.plan.settings.alloc_probe_secs;
         for (index, probe) in self.plan.alloc_probes.iter().enumerate() {
             if host::interrupted() {
                 break;
             }
-            let outcome = self.run_alloc_probe(probe);
+            let outcome = self.run_alloc_probe(probe, [short, long]);
             let detail = match &outcome {
-                Ok(counts) => format!(
+                Ok(c) => format!(
                     "{} allocations / {} requests, then {} / {}: {} per request in steady state",
-                    counts.short_allocations,
-                    counts.short_requests,
-                    counts.long_allocations,
-                    counts.long_requests,
-                    counts
-                        .steady_state_per_request()
+                    c.short_allocations,
+                    c.short_requests,
+                    c.long_allocations,
+                    c.long_requests,
+                    c.steady_state_per_request()
                         .map_or("n/a".into(), |v| format!("{v:.4}")),
                 ),
                 Err(reason) => format!("failed: {reason}"),
             };
-            self.estimated_done += f64::from(probe.short_secs + probe.long_secs);
+            self.estimated_done += f64::from(short + long);
             self.progress(2, &format!("{}: {detail}", probe.case_id()));
             records.push(AllocRecord {
                 probe: index,
@@ -263,7 +248,7 @@ impl<'a> Runner<'a> {
         records
     }
 
-    fn run_alloc_probe(&self, probe: &AllocProbe) -> Result<AllocCounts, String> {
+    fn run_alloc_probe(&self, probe: &AllocProbe, secs: [u32; 2]) -> Result<AllocCounts, String> {
         let binary = self
             .workspace
             .alloc_server
@@ -273,25 +258,27 @@ impl<'a> Runner<'a> {
         if let Some(reason) = self.unavailable(&Workload::Fio(probe.job), &target) {
             return Err(reason);
         }
-        let mut counts = [(0, 0); 2];
-        for (slot, secs) in [probe.short_secs, probe.long_secs].into_iter().enumerate() {
-            let mut job = probe.job;
-            job.runtime_secs = secs;
+        let run = |secs| {
+            let job = Workload::Fio(FioJob {
+                runtime_secs: secs,
+                ..probe.job
+            });
             let stem = format!("{}-{secs}s", probe.case_id()).replace(['/', '[', ']', '='], "_");
-            let (_, usage, log) =
-                self.measure(&Workload::Fio(job), &target, &stem, Some(binary))?;
+            let (_, usage, log) = self.measure(&job, &target, &stem, Some(binary))?;
             let allocations = target::allocations(&log)
                 .ok_or("the alloc-count build logged no `allocations:` line at exit")?;
             let requests = usage
                 .and_then(|u| u.requests)
                 .ok_or("the server logged no QueueReport lines")?;
-            counts[slot] = (allocations, requests);
-        }
+            Ok::<_, String>((allocations, requests))
+        };
+        let (short_allocations, short_requests) = run(secs[0])?;
+        let (long_allocations, long_requests) = run(secs[1])?;
         Ok(AllocCounts {
-            short_allocations: counts[0].0,
-            short_requests: counts[0].1,
-            long_allocations: counts[1].0,
-            long_requests: counts[1].1,
+            short_allocations,
+            short_requests,
+            long_allocations,
+            long_requests,
         })
     }
 }
@@ -306,23 +293,16 @@ fn describe_measurement(
         Some(iops) => format!("{} IOPS, {mib_per_sec:.0} MiB/s", compact(iops)),
         None => format!("{:.2} s, {mib_per_sec:.0} MiB/s", measurement.seconds),
     }];
-    if let Some(ratio) = ratio {
-        parts.push(format!("{ratio:.2}× plain"));
-    }
-    if let Some(p99) = measurement.lat_p99_us {
-        parts.push(format!("p99 {p99:.0} µs"));
-    }
+    parts.extend(ratio.map(|ratio| format!("{ratio:.2}× plain")));
+    parts.extend(measurement.lat_p99_us.map(|p99| format!("p99 {p99:.0} µs")));
     if let Some(server) = server {
         if let Some(us) = server.cpu_us_per_io(measurement) {
             parts.push(format!("cpu {us:.1} µs/io"));
         } else if let Some(ms) = server.cpu_ms_per_gib(measurement) {
             parts.push(format!("cpu {ms:.0} ms/GiB"));
         }
-        parts.push(format!(
-            "rss {:.1}/{:.1} MiB",
-            server.idle_rss_kib as f64 / 1024.0,
-            server.peak_rss_kib as f64 / 1024.0
-        ));
+        let (idle, peak) = (server.idle_rss_kib as f64, server.peak_rss_kib as f64);
+        parts.push(format!("rss {:.1}/{:.1} MiB", idle / 1024.0, peak / 1024.0));
         parts.push(format!("threads {}", server.max_threads));
     }
     parts.join(", ")

@@ -6,22 +6,23 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
+use std::process::{Child, Command};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt as _;
 
 use super::host;
 use super::plan::ServerOptions;
+use super::workload::{last_lines, spawn_logged};
 
 /// How long a server may take to mount and show the image size.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a server may take to finish its requests and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+const THREAD_SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// `RUST_LOG` for fuse-export: its per-queue report at exit is a debug line
 /// of the binary crate; the libraries stay at info so logging costs nothing
@@ -39,7 +40,8 @@ pub fn fuse_export_command(
         .arg("--image")
         .arg(image)
         .arg("--mount")
-        .arg(mountpoint)
+        .arg(mountpoint);
+    command
         .args(options.args())
         .env("RUST_LOG", SERVER_LOG_FILTER);
     command
@@ -47,26 +49,23 @@ pub fn fuse_export_command(
 
 /// The peer, configured as the issue asks: writable, io_uring, O_DIRECT.
 pub fn qsd_command(image: &Path, mountpoint: &Path) -> Command {
+    let (image, mountpoint) = (image.display(), mountpoint.display());
     let mut command = Command::new("qemu-storage-daemon");
-    command
-        .arg("--blockdev")
-        .arg(format!(
-            "node-name=file0,driver=file,filename={},aio=io_uring,cache.direct=on",
-            image.display()
-        ))
-        .args(["--blockdev", "node-name=fmt0,driver=raw,file=file0"])
-        .arg("--export")
-        .arg(format!(
-            "type=fuse,id=exp0,node-name=fmt0,mountpoint={},writable=on",
-            mountpoint.display()
-        ));
+    command.args([
+        "--blockdev",
+        &format!("node-name=file0,driver=file,filename={image},aio=io_uring,cache.direct=on"),
+        "--blockdev",
+        "node-name=fmt0,driver=raw,file=file0",
+        "--export",
+        &format!("type=fuse,id=exp0,node-name=fmt0,mountpoint={mountpoint},writable=on"),
+    ]);
     command
 }
 
 /// A running export server.
 #[derive(Debug)]
 pub struct ServerProcess {
-    name: String,
+    name: &'static str,
     child: Option<Child>,
     pid: u32,
     mountpoint: PathBuf,
@@ -80,7 +79,7 @@ impl ServerProcess {
     /// Spawns `command` (stdout and stderr to `log_path`) and waits until
     /// `mountpoint` is mounted and shows `image_size` bytes.
     pub fn start(
-        name: &str,
+        name: &'static str,
         mut command: Command,
         mountpoint: &Path,
         image_size: u64,
@@ -91,86 +90,62 @@ impl ServerProcess {
             File::create(mountpoint)
                 .map_err(|err| format!("cannot create {}: {err}", mountpoint.display()))?;
         }
-        let log = File::create(log_path)
-            .map_err(|err| format!("cannot create {}: {err}", log_path.display()))?;
-        let log_for_stdout = log
-            .try_clone()
-            .map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_for_stdout)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| format!("cannot start {name}: {err}"))?;
+        let child = spawn_logged(&mut command, log_path, &format!("start {name}"))?;
         let mut server = ServerProcess {
-            name: name.to_string(),
+            name,
             pid: child.id(),
             child: Some(child),
             mountpoint: mountpoint.to_path_buf(),
             owns_mountpoint,
             log_path: log_path.to_path_buf(),
         };
-        server.wait_ready(image_size)?;
-        Ok(server)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    fn wait_ready(&mut self, image_size: u64) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!(
-                    "{} exited during start-up ({status}): {}",
-                    self.name,
-                    last_lines(&self.log_path, 3)
-                ));
+            if let Some(Ok(Some(status))) = server.child.as_mut().map(Child::try_wait) {
+                server.child = None;
+                let log = last_lines(log_path, 3);
+                return Err(format!("{name} exited during start-up ({status}): {log}"));
             }
             // stat makes the kernel ask the server (GETATTR); a size of 0
             // means the export is not serving yet.
-            if host::is_mounted(&self.mountpoint)
-                && fs::metadata(&self.mountpoint).is_ok_and(|meta| meta.len() == image_size)
+            if host::is_mounted(mountpoint)
+                && fs::metadata(mountpoint).is_ok_and(|meta| meta.len() == image_size)
             {
-                return Ok(());
+                return Ok(server);
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "{} did not mount {} with size {image_size} within {} s: {}",
-                    self.name,
-                    self.mountpoint.display(),
+                    "{name} did not mount {} with size {image_size} within {} s: {}",
+                    mountpoint.display(),
                     READY_TIMEOUT.as_secs(),
-                    last_lines(&self.log_path, 3)
+                    last_lines(log_path, 3)
                 ));
             }
             thread::sleep(POLL_INTERVAL);
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// SIGTERM, wait for a clean exit, check nothing stays mounted; returns
     /// the server's log.
     pub fn stop(mut self) -> Result<String, String> {
         let result = self.shutdown();
-        let log = fs::read_to_string(&self.log_path).unwrap_or_default();
-        result.map(|()| log)
+        result.map(|()| fs::read_to_string(&self.log_path).unwrap_or_default())
     }
 
     fn shutdown(&mut self) -> Result<(), String> {
         let mut problems = Vec::new();
+        let name = self.name;
         if let Some(child) = self.child.take() {
             problems.extend(self.terminate(child));
         }
+        let mountpoint = self.mountpoint.display();
         if host::is_mounted(&self.mountpoint) {
             problems.push(match host::lazy_unmount(&self.mountpoint) {
-                Ok(()) => format!(
-                    "{} left {} mounted; detached it with umount -l",
-                    self.name,
-                    self.mountpoint.display()
-                ),
+                Ok(()) => format!("{name} left {mountpoint} mounted; detached it with umount -l"),
                 Err(err) => err,
             });
         }
@@ -178,10 +153,7 @@ impl ServerProcess {
             && let Err(err) = fs::remove_file(&self.mountpoint)
             && err.kind() != std::io::ErrorKind::NotFound
         {
-            problems.push(format!(
-                "cannot remove {}: {err}",
-                self.mountpoint.display()
-            ));
+            problems.push(format!("cannot remove {mountpoint}: {err}"));
         }
         if problems.is_empty() {
             Ok(())
@@ -193,28 +165,24 @@ impl ServerProcess {
     /// SIGTERM and a clean exit within [`STOP_TIMEOUT`], else SIGKILL;
     /// returns what went wrong.
     fn terminate(&self, mut child: Child) -> Option<String> {
+        let name = self.name;
         if let Ok(Some(status)) = child.try_wait() {
-            return Some(format!(
-                "{} had already exited ({status}): {}",
-                self.name,
-                last_lines(&self.log_path, 2)
-            ));
+            let log = last_lines(&self.log_path, 2);
+            return Some(format!("{name} had already exited ({status}): {log}"));
         }
         let signalled = host::terminate(self.pid);
         match child.wait_timeout(STOP_TIMEOUT) {
             Ok(Some(status)) if status.success() => signalled.err(),
-            Ok(Some(status)) => Some(format!(
-                "{} exited with {status} after SIGTERM: {}",
-                self.name,
-                last_lines(&self.log_path, 2)
-            )),
+            Ok(Some(status)) => {
+                let log = last_lines(&self.log_path, 2);
+                Some(format!("{name} exited with {status} after SIGTERM: {log}"))
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
+                let secs = STOP_TIMEOUT.as_secs();
                 Some(format!(
-                    "{} did not exit within {} s of SIGTERM; killed",
-                    self.name,
-                    STOP_TIMEOUT.as_secs()
+                    "{name} did not exit within {secs} s of SIGTERM; killed"
                 ))
             }
         }
@@ -231,16 +199,24 @@ impl Drop for ServerProcess {
     }
 }
 
-/// The last `count` non-empty lines of a log, joined, for error messages.
-pub fn last_lines(path: &Path, count: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = &lines[lines.len().saturating_sub(count)..];
-    if tail.is_empty() {
-        format!("(no output; log {})", path.display())
-    } else {
-        tail.join(" | ")
-    }
+/// Runs `work` while sampling the thread count of process `pid`: io_uring
+/// workers come and go, so the count after the run would miss them.
+/// Returns the work's result and the most threads seen.
+pub fn most_threads_during<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
+    let threads = move || host::status(pid).map_or(0, |status| status.threads);
+    // Dropping `stop`, after the work or while a panic unwinds, ends the
+    // sampler.
+    let (stop, stopped) = mpsc::channel::<()>();
+    let sampler = thread::spawn(move || {
+        let mut max = threads();
+        while stopped.recv_timeout(THREAD_SAMPLE_INTERVAL) == Err(RecvTimeoutError::Timeout) {
+            max = max.max(threads());
+        }
+        max.max(threads())
+    });
+    let result = work();
+    drop(stop);
+    (result, sampler.join().unwrap_or(0))
 }
 
 /// Requests and spilled writes summed over the server's `QueueReport` debug
@@ -274,39 +250,6 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-/// Samples a process's thread count while a workload runs: io_uring
-/// workers come and go, so the count after the run would miss them.
-#[derive(Debug)]
-pub struct ThreadSampler {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<u64>,
-}
-
-impl ThreadSampler {
-    const INTERVAL: Duration = Duration::from_millis(50);
-
-    pub fn start(pid: u32) -> ThreadSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let threads = move || host::status(pid).map_or(0, |status| status.threads);
-        let handle = thread::spawn(move || {
-            let mut max = 0;
-            while !flag.load(Ordering::Relaxed) {
-                max = max.max(threads());
-                thread::sleep(Self::INTERVAL);
-            }
-            max.max(threads())
-        });
-        ThreadSampler { stop, handle }
-    }
-
-    /// The largest thread count seen.
-    pub fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or(0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +264,26 @@ mod tests {
         assert_eq!(allocations(log), Some(1234));
         assert_eq!(queue_totals("nothing here"), None);
         assert_eq!(allocations("allocations: lots"), None);
+    }
+
+    #[test]
+    fn thread_sampling_sees_threads_the_work_started() {
+        // The workers wait at the barrier until after the sampling ended,
+        // so its last sample sees them whatever the scheduling.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let (workers, max) = most_threads_during(std::process::id(), || {
+            let spawn = |barrier: std::sync::Arc<std::sync::Barrier>| {
+                thread::spawn(move || {
+                    barrier.wait();
+                })
+            };
+            (0..3).map(|_| spawn(barrier.clone())).collect::<Vec<_>>()
+        });
+        barrier.wait();
+        workers
+            .into_iter()
+            .for_each(|worker| worker.join().unwrap());
+        // The test's own thread, the sampler and the three workers.
+        assert!(max >= 5, "{max}");
     }
 }

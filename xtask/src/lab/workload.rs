@@ -2,15 +2,14 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt as _;
 
 use super::fio;
 use super::loop_fs::LoopFilesystem;
-use super::plan::{Direction, FioJob, MIB, Metric, Workload};
-use super::target::last_lines;
+use super::plan::{MIB, Metric, Workload};
 
 /// What one client run achieved.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,17 +26,6 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    fn copy(seconds: f64, bytes: u64) -> Measurement {
-        Measurement {
-            seconds,
-            bytes,
-            ios: None,
-            iops: None,
-            lat_p50_us: None,
-            lat_p99_us: None,
-        }
-    }
-
     pub fn mib_per_sec(&self) -> f64 {
         self.bytes as f64 / MIB as f64 / self.seconds
     }
@@ -86,10 +74,11 @@ pub fn prepare(
     size: u64,
     files: ClientFiles,
 ) -> Result<Prepared, String> {
+    let (workload, path) = (*workload, target.to_path_buf());
     let Workload::Ext4Fio { job, file_size } = workload else {
         return Ok(Prepared {
-            workload: *workload,
-            path: target.to_path_buf(),
+            workload,
+            path,
             size,
             files,
             _filesystem: None,
@@ -100,67 +89,74 @@ pub fn prepare(
     let path = files.ext4_dir.join("fio.data");
     let mut layout = Command::new("fio");
     layout
-        .args(fio::args(job, &path, *file_size, &files.fio_report))
+        .args(fio::args(&job, &path, file_size, &files.fio_report))
         .arg("--create_only=1");
-    run_command(layout, copy_timeout(*file_size), &files.log)?;
+    run_command(layout, copy_timeout(file_size), &files.log)?;
+    let _filesystem = Some(filesystem);
     Ok(Prepared {
-        workload: *workload,
+        workload,
         path,
-        size: *file_size,
+        size: file_size,
         files,
-        _filesystem: Some(filesystem),
+        _filesystem,
     })
 }
 
 impl Prepared {
     pub fn run(&self) -> Result<Measurement, String> {
         let (path, files) = (&self.path, &self.files);
-        match self.workload {
+        let (command, size) = match self.workload {
             Workload::Convert { direct, size } => {
                 // A raw driver with a size limit reads the first `size` bytes
                 // of the source, so one source file serves every size.
-                let source = format!(
-                    "driver=raw,size={size},file.driver=file,file.filename={}",
-                    files.source.display()
-                );
+                let source = files.source.display();
+                let source =
+                    format!("driver=raw,size={size},file.driver=file,file.filename={source}");
                 let mut command = Command::new("qemu-img");
                 command.args(["convert", "-n", "--image-opts", &source, "-O", "raw"]);
                 if direct {
                     command.args(["-t", "none"]);
                 }
                 command.arg(path);
-                let seconds = run_command(command, copy_timeout(size), &files.log)?;
-                Ok(Measurement::copy(seconds, size))
+                (command, size)
             }
-            Workload::Dd { direction, size } => {
+            Workload::Dd { write, size } => {
+                let path = path.display();
                 let mut command = Command::new("dd");
-                match direction {
-                    Direction::Read => command
-                        .arg(format!("if={}", path.display()))
-                        .args(["of=/dev/null", "iflag=direct"]),
-                    Direction::Write => command
-                        .arg("if=/dev/zero")
-                        .arg(format!("of={}", path.display()))
-                        .args(["oflag=direct", "conv=notrunc"]),
-                };
+                if write {
+                    command.args([
+                        "if=/dev/zero",
+                        &format!("of={path}"),
+                        "oflag=direct",
+                        "conv=notrunc",
+                    ]);
+                } else {
+                    command.args([&format!("if={path}"), "of=/dev/null", "iflag=direct"]);
+                }
                 command.args(["bs=1M", &format!("count={}", size / MIB), "status=none"]);
-                let seconds = run_command(command, copy_timeout(size), &files.log)?;
-                Ok(Measurement::copy(seconds, size))
+                (command, size)
             }
-            Workload::Fio(job) | Workload::Ext4Fio { job, .. } => self.run_fio(&job),
-        }
-    }
-
-    fn run_fio(&self, job: &FioJob) -> Result<Measurement, String> {
-        let report = &self.files.fio_report;
-        let _ = fs::remove_file(report);
-        let mut command = Command::new("fio");
-        command.args(fio::args(job, &self.path, self.size, report));
-        let timeout = Duration::from_secs(u64::from(job.runtime_secs) + 120);
-        run_command(command, timeout, &self.files.log)?;
-        let text = fs::read_to_string(report)
-            .map_err(|err| format!("no fio report {}: {err}", report.display()))?;
-        fio::parse_report(&text, job.pattern)
+            Workload::Fio(job) | Workload::Ext4Fio { job, .. } => {
+                let report = &files.fio_report;
+                let _ = fs::remove_file(report);
+                let mut command = Command::new("fio");
+                command.args(fio::args(&job, path, self.size, report));
+                let timeout = Duration::from_secs(u64::from(job.runtime_secs) + 120);
+                run_command(command, timeout, &files.log)?;
+                let text = fs::read_to_string(report)
+                    .map_err(|err| format!("no fio report {}: {err}", report.display()))?;
+                return fio::parse_report(&text, job.pattern);
+            }
+        };
+        let seconds = run_command(command, copy_timeout(size), &files.log)?;
+        Ok(Measurement {
+            seconds,
+            bytes: size,
+            ios: None,
+            iops: None,
+            lat_p50_us: None,
+            lat_p99_us: None,
+        })
     }
 }
 
@@ -170,49 +166,58 @@ fn copy_timeout(bytes: u64) -> Duration {
     Duration::from_secs(120 + bytes / (20 * MIB))
 }
 
+/// Spawns `command` with no stdin and its stdout and stderr appended to
+/// `log`; `what` names it in errors (`cannot run fio: ...`).
+pub fn spawn_logged(command: &mut Command, log: &Path, what: &str) -> Result<Child, String> {
+    let output = File::options().create(true).append(true).open(log);
+    let output = output.map_err(|err| format!("cannot open {}: {err}", log.display()))?;
+    let errors = output
+        .try_clone()
+        .map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
+    command.stdin(Stdio::null()).stdout(output).stderr(errors);
+    command
+        .spawn()
+        .map_err(|err| format!("cannot {what}: {err}"))
+}
+
 /// Runs a client to completion with its output appended to `log`; returns
 /// its wall time in seconds. A client still running after `timeout` is
 /// killed.
 pub fn run_command(mut command: Command, timeout: Duration, log: &Path) -> Result<f64, String> {
     let program = command.get_program().to_string_lossy().into_owned();
-    let output = File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|err| format!("cannot open {}: {err}", log.display()))?;
-    let errors = output
-        .try_clone()
-        .map_err(|err| format!("cannot duplicate a file handle: {err}"))?;
-    command.stdin(Stdio::null()).stdout(output).stderr(errors);
     let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|err| format!("cannot run {program}: {err}"))?;
+    let mut child = spawn_logged(&mut command, log, &format!("run {program}"))?;
     let waited = child.wait_timeout(timeout);
     let seconds = started.elapsed().as_secs_f64();
-    let status = match waited {
-        Ok(Some(status)) => status,
-        Ok(None) => {
-            let _ = child.kill();
-            let _ = child.wait();
+    let failure = match waited {
+        Ok(Some(status)) if status.success() => return Ok(seconds),
+        Ok(Some(status)) => {
             return Err(format!(
-                "{program} did not finish within {} s; killed",
-                timeout.as_secs()
+                "{program} failed ({status}): {}",
+                last_lines(log, 2)
             ));
         }
-        Err(err) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("waiting for {program}: {err}"));
-        }
+        Ok(None) => format!(
+            "{program} did not finish within {} s; killed",
+            timeout.as_secs()
+        ),
+        Err(err) => format!("waiting for {program}: {err}"),
     };
-    if !status.success() {
-        return Err(format!(
-            "{program} failed ({status}): {}",
-            last_lines(log, 2)
-        ));
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(failure)
+}
+
+/// The last `count` non-empty lines of a log, joined, for error messages.
+pub fn last_lines(path: &Path, count: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(count)..];
+    if tail.is_empty() {
+        format!("(no output; log {})", path.display())
+    } else {
+        tail.join(" | ")
     }
-    Ok(seconds)
 }
 
 #[cfg(test)]
@@ -241,6 +246,54 @@ mod tests {
         assert!(err.contains("killed"), "{err}");
         let missing = Command::new("/nonexistent/program");
         assert!(run_command(missing, Duration::from_secs(1), &log).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// dd and qemu-img on a small plain file: the command lines work and
+    /// convert copies the source's first `size` bytes onto the target.
+    #[test]
+    fn copy_workloads_run_on_a_plain_file() {
+        let dir = std::env::temp_dir().join(format!("lab-copy-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (image, source) = (dir.join("image.raw"), dir.join("source.raw"));
+        fs::write(&image, vec![1u8; 2 * MIB as usize]).unwrap();
+        let data: Vec<u8> = (0..3 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&source, &data).unwrap();
+        let files = ClientFiles {
+            source: source.clone(),
+            fio_report: dir.join("fio.json"),
+            log: dir.join("client.log"),
+            ext4_dir: dir.join("ext4"),
+        };
+        let size = 2 * MIB;
+        for workload in [
+            Workload::Dd { write: false, size },
+            Workload::Dd { write: true, size },
+            Workload::Convert { direct: true, size },
+            Workload::Convert {
+                direct: false,
+                size,
+            },
+        ] {
+            if let Some(reason) = workload
+                .tools()
+                .iter()
+                .find_map(|tool| crate::lab::host::missing(tool))
+            {
+                println!("SKIP: {}: {reason}", workload.id());
+                continue;
+            }
+            let prepared = prepare(&workload, &image, size, files.clone()).unwrap();
+            let measurement = prepared.run().unwrap();
+            assert_eq!(measurement.bytes, size, "{}", workload.id());
+            assert!(measurement.seconds > 0.0, "{}", workload.id());
+            if let Workload::Dd { write: true, .. } = workload {
+                assert_eq!(fs::read(&image).unwrap(), vec![0u8; size as usize]);
+            }
+            if let Workload::Convert { .. } = workload {
+                assert_eq!(fs::read(&image).unwrap(), data[..size as usize]);
+            }
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }
