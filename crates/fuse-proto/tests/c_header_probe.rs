@@ -149,7 +149,7 @@ fn c_header_agrees_with_the_rust_definitions() {
         // Older headers lack fields (total_extlen, flags2, ...) whose
         // absence this probe does not model; newer ones need a newer crate.
         println!(
-            "SKIP c_header_probe: the probe supports headers 7.38..=7.45, this one is 7.{minor}"
+            "SKIP: c_header_probe: the probe supports headers 7.38..=7.45, this one is 7.{minor}"
         );
         return;
     }
@@ -348,14 +348,14 @@ impl Setup {
             .unwrap_or_else(|| PathBuf::from("/usr/include/linux/fuse.h"));
         if !header.is_file() {
             println!(
-                "SKIP c_header_probe: {} not found (install linux-libc-dev or set FUSE_PROTO_C_HEADER)",
+                "SKIP: c_header_probe: {} not found (install linux-libc-dev or set FUSE_PROTO_C_HEADER)",
                 header.display()
             );
             return None;
         }
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
         if Command::new(&cc).arg("--version").output().is_err() {
-            println!("SKIP c_header_probe: no C compiler `{cc}` (install gcc or set CC)");
+            println!("SKIP: c_header_probe: no C compiler `{cc}` (install gcc or set CC)");
             return None;
         }
         let dir = std::env::temp_dir().join(format!(
