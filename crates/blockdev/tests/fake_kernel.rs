@@ -3,60 +3,24 @@
 //! message = one reply), so the real queue loop, buffers, spill-over
 //! hand-over, range locks and image I/O run without a kernel mount.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image};
+use common::{
+    CountingAllocator, GETATTR, READ, TempDir, WRITE, count_allocations_here, direct_test_image,
+    fake_device, initial_bytes, pattern, queue_allocations, read_args, wait_for_reply, write_args,
+};
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout, Waker};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
-
-/// Counts allocations made by threads that opted in (the queue thread).
-struct CountingAllocator;
-
-static QUEUE_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: defers every operation to the system allocator unchanged; the
-// counting touches only an atomic and a const-initialised thread-local,
-// neither of which allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const MAX_WRITE: usize = 1 << 20;
-const WRITE: u32 = 16;
-const READ: u32 = 15;
-const GETATTR: u32 = 3;
 const SETATTR: u32 = 4;
 /// `FATTR_*` bits of `fuse_setattr_in.valid`.
 const FATTR_MODE: u32 = 1;
@@ -66,25 +30,6 @@ const FATTR_SIZE: u32 = 8;
 const ATTR_OUT_SIZE: usize = 16 + 8;
 const ATTR_OUT_MODE: usize = 16 + 60;
 const ATTR_OUT_UID: usize = 16 + 68;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("fake-kernel-{}-{name}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running queue and the test's end of the fake device.
 struct FakeKernel {
@@ -146,23 +91,11 @@ impl FakeKernel {
         options: ExportOptions,
         largest: usize,
     ) -> Result<FakeKernel, String> {
-        let dir = TempDir::new(name);
+        let dir = TempDir::new("fake-kernel", name);
         let image_path = dir.0.join("disk.raw");
-        let initial: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
-        std::fs::write(&image_path, &initial).unwrap();
-        let image = Image::open(&image_path, false, CacheMode::None).unwrap();
-        assert!(
-            image.is_direct(),
-            "the test image must be on a filesystem with O_DIRECT"
-        );
+        let image = direct_test_image(&image_path, size);
         let export = Export::new(image, MAX_WRITE, options);
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
+        let (ours, theirs) = fake_device();
         make_room_for([&ours, &theirs], largest)?;
         let config = QueueConfig {
             reads: 4,
@@ -174,7 +107,7 @@ impl FakeKernel {
         let served = export.clone();
         let (waker_tx, waker_rx) = std::sync::mpsc::channel();
         let queue = std::thread::spawn(move || {
-            COUNT_HERE.with(|c| c.set(true));
+            count_allocations_here();
             fuse_dev::serve_fd(theirs, config, backing, |context| {
                 let _ = waker_tx.send(context.wakers[0].clone());
                 served.queue_handler(context)
@@ -223,21 +156,11 @@ impl FakeKernel {
     }
 
     fn send_write(&mut self, offset: u64, data: &[u8]) -> u64 {
-        let mut args = Vec::new();
-        args.extend_from_slice(&0u64.to_ne_bytes()); // fh
-        args.extend_from_slice(&offset.to_ne_bytes());
-        args.extend_from_slice(&(data.len() as u32).to_ne_bytes());
-        args.extend_from_slice(&[0u8; 20]);
-        self.send(WRITE, &args, data)
+        self.send(WRITE, &write_args(offset, data.len()), data)
     }
 
     fn send_read(&mut self, offset: u64, size: u32) -> u64 {
-        let mut args = Vec::new();
-        args.extend_from_slice(&0u64.to_ne_bytes());
-        args.extend_from_slice(&offset.to_ne_bytes());
-        args.extend_from_slice(&size.to_ne_bytes());
-        args.extend_from_slice(&[0u8; 20]);
-        self.send(READ, &args, &[])
+        self.send(READ, &read_args(offset, size), &[])
     }
 
     fn send_setattr(&mut self, valid: u32, size: u64, mode: u32, uid: u32) -> u64 {
@@ -251,16 +174,7 @@ impl FakeKernel {
 
     /// The next reply: (unique, error, payload). Fails after 10 s.
     fn recv(&self) -> (u64, i32, Vec<u8>) {
-        let mut pollfd = [rustix::event::PollFd::new(
-            self.socket(),
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec {
-            tv_sec: 10,
-            tv_nsec: 0,
-        };
-        let ready = rustix::event::poll(&mut pollfd, Some(&timeout)).unwrap();
-        assert_eq!(ready, 1, "no reply within 10 s");
+        wait_for_reply(self.socket());
         let mut buf = vec![0u8; MAX_WRITE + 4096];
         let n = rustix::io::read(self.socket(), &mut buf).unwrap();
         assert!(n >= 16, "reply of {n} bytes");
@@ -327,23 +241,11 @@ macro_rules! start_or_skip {
     };
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 #[test]
 fn aligned_and_unaligned_writes_land_exactly() {
     let size = 8 << 20;
     let mut kernel = start_or_skip!("exact", size, ExportOptions::default(), LARGE_MESSAGES);
-    let mut shadow: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+    let mut shadow = initial_bytes(size);
     let cases: &[(u64, usize)] = &[
         (0, 4096),
         (4096, 65536),
@@ -595,11 +497,11 @@ fn steady_state_serves_without_allocating() {
     for i in 0..50 {
         round(&mut kernel, i);
     }
-    let before = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
+    let before = queue_allocations();
     for i in 0..200 {
         round(&mut kernel, i);
     }
-    let after = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
+    let after = queue_allocations();
     assert_eq!(
         after - before,
         0,
@@ -631,7 +533,7 @@ fn shared_image_state_is_visible_to_the_export() {
     // and times, with the presented mode and owner, one link, the root's
     // inode and a block size fit for O_DIRECT on it; and it follows what
     // happens to the file behind the export's back.
-    let dir = TempDir::new("attr");
+    let dir = TempDir::new("fake-kernel", "attr");
     let path = dir.0.join("a.raw");
     // Sparse, so that the block count is not just size / 512.
     let file = std::fs::File::create_new(&path).unwrap();

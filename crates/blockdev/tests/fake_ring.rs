@@ -6,52 +6,19 @@
 //! `fuse_uring_req_header`, then the payload. The real handler, range locks
 //! and image I/O serve them.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use blockdev::{CacheMode, Export, ExportOptions, Image};
+use blockdev::{Export, ExportOptions};
+use common::{
+    CountingAllocator, GETATTR, READ, TempDir, WRITE, count_allocations_here, direct_test_image,
+    fake_device, initial_bytes, pattern, queue_allocations, read_args, wait_for_reply, write_args,
+};
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
-
-/// Counts allocations made by threads that opted in (the queue thread).
-struct CountingAllocator;
-
-static QUEUE_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: defers every operation to the system allocator unchanged; the
-// counting touches only an atomic and a const-initialised thread-local,
-// neither of which allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -63,27 +30,6 @@ const DEPTH: usize = 8;
 const HEADER_LEN: usize = 288;
 const OP_IN: usize = 128;
 const ENT_IN_OUT: usize = 256;
-const WRITE: u32 = 16;
-const READ: u32 = 15;
-const GETATTR: u32 = 3;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("fake-ring-{}-{name}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A reply as the ring entry held it when committed.
 struct RingReply {
@@ -112,23 +58,11 @@ fn big_messages_possible(fds: [&OwnedFd; 2]) -> bool {
 
 impl FakeRing {
     fn start(name: &str, size: usize) -> Option<FakeRing> {
-        let dir = TempDir::new(name);
+        let dir = TempDir::new("fake-ring", name);
         let image_path = dir.0.join("disk.raw");
-        let initial: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
-        std::fs::write(&image_path, &initial).unwrap();
-        let image = Image::open(&image_path, false, CacheMode::None).unwrap();
-        assert!(
-            image.is_direct(),
-            "the test image must be on a filesystem with O_DIRECT"
-        );
+        let image = direct_test_image(&image_path, size);
         let export = Export::new(image, MAX_WRITE, ExportOptions::default());
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
+        let (ours, theirs) = fake_device();
         if !big_messages_possible([&ours, &theirs]) {
             return None;
         }
@@ -140,7 +74,7 @@ impl FakeRing {
         };
         let backing = vec![export.image().raw_fd()];
         let queue = std::thread::spawn(move || {
-            COUNT_HERE.with(|c| c.set(true));
+            count_allocations_here();
             fuse_dev::serve_fd_as_ring(theirs, DEPTH, MAX_WRITE, config, backing, |context| {
                 export.queue_handler(context)
             })
@@ -180,35 +114,16 @@ impl FakeRing {
     }
 
     fn send_write(&mut self, offset: u64, data: &[u8]) -> u64 {
-        let mut op = Vec::new();
-        op.extend_from_slice(&0u64.to_ne_bytes()); // fh
-        op.extend_from_slice(&offset.to_ne_bytes());
-        op.extend_from_slice(&(data.len() as u32).to_ne_bytes());
-        op.extend_from_slice(&[0u8; 20]);
-        self.send(WRITE, &op, data)
+        self.send(WRITE, &write_args(offset, data.len()), data)
     }
 
     fn send_read(&mut self, offset: u64, size: u32) -> u64 {
-        let mut op = Vec::new();
-        op.extend_from_slice(&0u64.to_ne_bytes());
-        op.extend_from_slice(&offset.to_ne_bytes());
-        op.extend_from_slice(&size.to_ne_bytes());
-        op.extend_from_slice(&[0u8; 20]);
-        self.send(READ, &op, &[])
+        self.send(READ, &read_args(offset, size), &[])
     }
 
     /// The next committed reply. Fails after 10 s.
     fn recv(&self) -> RingReply {
-        let mut pollfd = [rustix::event::PollFd::new(
-            self.socket(),
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec {
-            tv_sec: 10,
-            tv_nsec: 0,
-        };
-        let ready = rustix::event::poll(&mut pollfd, Some(&timeout)).unwrap();
-        assert_eq!(ready, 1, "no reply within 10 s");
+        wait_for_reply(self.socket());
         let mut buf = vec![0u8; HEADER_LEN + MAX_WRITE + 4096];
         let n = rustix::io::read(self.socket(), &mut buf).unwrap();
         assert!(n >= HEADER_LEN, "reply of {n} bytes");
@@ -277,23 +192,11 @@ macro_rules! start_or_skip {
     };
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 #[test]
 fn ring_entries_carry_aligned_and_unaligned_io_exactly() {
     let size = 8 << 20;
     let mut ring = start_or_skip!("exact", size);
-    let mut shadow: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+    let mut shadow = initial_bytes(size);
     let cases: &[(u64, usize)] = &[
         (0, 4096),
         (4096, 65536),
@@ -403,11 +306,11 @@ fn ring_steady_state_serves_without_allocating() {
     for i in 0..50 {
         round(&mut ring, i);
     }
-    let before = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
+    let before = queue_allocations();
     for i in 0..200 {
         round(&mut ring, i);
     }
-    let after = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
+    let after = queue_allocations();
     assert_eq!(
         after - before,
         0,

@@ -1,0 +1,164 @@
+//! Harness shared by the tests that drive the export through a fake device
+//! (one end of a `SOCK_SEQPACKET` socketpair in place of `/dev/fuse`): a
+//! counting allocator, a temporary directory, the socketpair, the test
+//! image and the request arguments every one of them sends.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use blockdev::{CacheMode, Image};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+pub const WRITE: u32 = 16;
+pub const READ: u32 = 15;
+pub const GETATTR: u32 = 3;
+
+/// Counts allocations made by threads that opted in (the queue thread,
+/// through [`count_allocations_here`]). A test binary installs it with
+/// `#[global_allocator] static ALLOCATOR: CountingAllocator = CountingAllocator;`.
+pub struct CountingAllocator;
+
+static QUEUE_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the calling thread's allocations count.
+pub fn count_allocations_here() {
+    COUNT_HERE.with(|c| c.set(true));
+}
+
+/// Allocations counted so far, by every thread that opted in.
+pub fn queue_allocations() -> u64 {
+    QUEUE_ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+// SAFETY: defers every operation to the system allocator unchanged; the
+// counting touches only an atomic and a const-initialised thread-local,
+// neither of which allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNT_HERE.with(Cell::get) {
+            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNT_HERE.with(Cell::get) {
+            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// A directory under the system's temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `<temp>/<prefix>-<pid>-<name>-<n>`, unique within the process.
+    pub fn new(prefix: &str, name: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{name}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The two ends of a fake device: (the test's, the queue's).
+pub fn fake_device() -> (OwnedFd, OwnedFd) {
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+/// The bytes every test image starts with: byte `i` is `i % 249`.
+pub fn initial_bytes(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 249) as u8).collect()
+}
+
+/// Writes a `size`-byte image of [`initial_bytes`] at `path` and opens it
+/// with O_DIRECT (failing the test where the filesystem has none).
+pub fn direct_test_image(path: &Path, size: usize) -> Image {
+    std::fs::write(path, initial_bytes(size)).unwrap();
+    let image = Image::open(path, false, CacheMode::None).unwrap();
+    assert!(
+        image.is_direct(),
+        "the test image must be on a filesystem with O_DIRECT"
+    );
+    image
+}
+
+/// `fuse_write_in` of a WRITE of `len` bytes at `offset`.
+pub fn write_args(offset: u64, len: usize) -> Vec<u8> {
+    let mut args = Vec::new();
+    args.extend_from_slice(&0u64.to_ne_bytes()); // fh
+    args.extend_from_slice(&offset.to_ne_bytes());
+    args.extend_from_slice(&(len as u32).to_ne_bytes());
+    args.extend_from_slice(&[0u8; 20]); // write_flags lock_owner flags padding
+    args
+}
+
+/// `fuse_read_in` of a READ of `size` bytes at `offset`.
+pub fn read_args(offset: u64, size: u32) -> Vec<u8> {
+    let mut args = Vec::new();
+    args.extend_from_slice(&0u64.to_ne_bytes()); // fh
+    args.extend_from_slice(&offset.to_ne_bytes());
+    args.extend_from_slice(&size.to_ne_bytes());
+    args.extend_from_slice(&[0u8; 20]); // read_flags lock_owner flags padding
+    args
+}
+
+/// Waits until `socket` has a message; fails the test after 10 s (a hang
+/// guard, not a timing assertion).
+pub fn wait_for_reply(socket: &OwnedFd) {
+    let mut pollfd = [rustix::event::PollFd::new(
+        socket,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    let ready = rustix::event::poll(&mut pollfd, Some(&timeout)).unwrap();
+    assert_eq!(ready, 1, "no reply within 10 s");
+}
+
+/// Deterministic pseudo-random bytes (xorshift) for `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
