@@ -41,13 +41,6 @@ use rustix::process::{Pid, Signal};
 /// The hidden argument of the server's unmount watcher.
 const WATCHER_ARG: &str = "--internal-unmount-watcher";
 
-/// Runs `f` (which may block on the export) on a helper thread, failing
-/// the test after [`COMMAND_TIMEOUT`].
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    with_timeout(COMMAND_TIMEOUT, f)
-        .unwrap_or_else(|| panic!("{what} did not return within {COMMAND_TIMEOUT:?}"))
-}
-
 fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
     list.iter().map(|a| a.as_ref().to_owned()).collect()
 }
@@ -163,79 +156,6 @@ fn all_output(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr),
         String::from_utf8_lossy(&output.stdout)
     )
-}
-
-/// A filesystem this test mounted; unmounted on drop (retrying while a
-/// server that just exited still pins it, then lazily).
-#[derive(Debug)]
-struct ScratchFs {
-    dir: PathBuf,
-}
-
-impl ScratchFs {
-    fn mount(source: &Path, fstype: Option<&str>, options: &str, dir: &Path) -> ScratchFs {
-        fs::create_dir_all(dir).expect("create the mount directory");
-        let mut command = Command::new("mount");
-        if let Some(fstype) = fstype {
-            command.args(["-t", fstype]);
-        }
-        run_ok(command.args(["-o", options]).arg(source).arg(dir));
-        ScratchFs {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for ScratchFs {
-    fn drop(&mut self) {
-        use rustix::mount::{UnmountFlags, unmount};
-        // A server's io_uring rings, torn down after it exits, keep the
-        // image (and so this filesystem) busy for a moment.
-        let unmounted = poll_until(STOP_TIMEOUT, || {
-            unmount(&self.dir, UnmountFlags::empty()).ok()
-        });
-        if unmounted.is_none() {
-            eprintln!("{} stays busy; detaching it", self.dir.display());
-            let _ = unmount(&self.dir, UnmountFlags::DETACH);
-        }
-    }
-}
-
-/// A loop device over a file; detached on drop.
-#[derive(Debug)]
-struct LoopFile {
-    device: PathBuf,
-}
-
-impl LoopFile {
-    fn attach(file: &Path) -> LoopFile {
-        let output = run_ok(Command::new("losetup").args(["--find", "--show"]).arg(file));
-        let device = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        assert!(
-            device.starts_with("/dev/loop"),
-            "losetup printed {device:?}"
-        );
-        LoopFile {
-            device: PathBuf::from(device),
-        }
-    }
-}
-
-impl Drop for LoopFile {
-    fn drop(&mut self) {
-        let detached = Command::new("losetup")
-            .arg("-d")
-            .arg(&self.device)
-            .stdin(Stdio::null())
-            .output();
-        if !detached.is_ok_and(|o| o.status.success()) {
-            eprintln!("losetup -d {} failed", self.device.display());
-        }
-    }
 }
 
 /// A system user created for this test; removed on drop.
@@ -896,13 +816,14 @@ fn enospc_on_the_images_filesystem_reaches_the_client_and_the_server_lives() {
     let dir = TestDir::new("enospc");
     let source = dir.join("source.bin");
     create_random_file(&source, 19, 4 * FS_SIZE);
-    let small = ScratchFs::mount(
+    fs::create_dir_all(dir.join("small")).expect("create the mount directory");
+    let small = MountedFs::mount_typed(
         Path::new("tmpfs"),
         Some("tmpfs"),
-        &format!("size={FS_SIZE}"),
         &dir.join("small"),
+        Some(&format!("size={FS_SIZE}")),
     );
-    let image = small.path().join("disk.raw");
+    let image = small.dir().join("disk.raw");
     let mount = dir.join("disk.img");
     create_sparse_file(&image, 4 * FS_SIZE);
     let server = Server::export(&dir, &image, &mount, &[]);
@@ -976,9 +897,10 @@ fn ext4_abort_under_load_fails_clients_and_the_server_still_stops() {
     let backing = dir.join("ext4.raw");
     create_sparse_file(&backing, 128 * MIB);
     run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&backing));
-    let device = LoopFile::attach(&backing);
-    let ext4 = ScratchFs::mount(&device.device, Some("ext4"), "rw", &dir.join("ext4"));
-    let image = ext4.path().join("disk.raw");
+    let device = LoopDevice::attach(&backing, &[]);
+    fs::create_dir_all(dir.join("ext4")).expect("create the mount directory");
+    let ext4 = MountedFs::mount_typed(device.path(), Some("ext4"), &dir.join("ext4"), Some("rw"));
+    let image = ext4.dir().join("disk.raw");
     let mount = dir.join("disk.img");
     create_sparse_file(&image, 32 * MIB);
     let mut server = Server::export(&dir, &image, &mount, &[]);
@@ -996,7 +918,7 @@ fn ext4_abort_under_load_fails_clients_and_the_server_still_stops() {
     run_ok(
         Command::new("mount")
             .args(["-o", "remount,abort"])
-            .arg(ext4.path()),
+            .arg(ext4.dir()),
     );
     let ended_with = bounded("the writer after the abort", move || writer.join())
         .expect("the writer thread panicked");

@@ -1517,11 +1517,24 @@ const BUSY_UNMOUNT_RETRY: Duration = Duration::from_secs(5);
 impl MountedFs {
     /// `mount [-o options] device dir`.
     pub fn mount(device: &Path, dir: &Path, options: Option<&str>) -> MountedFs {
+        MountedFs::mount_typed(device, None, dir, options)
+    }
+
+    /// `mount [-t fstype] [-o options] source dir`.
+    pub fn mount_typed(
+        source: &Path,
+        fstype: Option<&str>,
+        dir: &Path,
+        options: Option<&str>,
+    ) -> MountedFs {
         let mut command = Command::new("mount");
+        if let Some(fstype) = fstype {
+            command.args(["-t", fstype]);
+        }
         if let Some(options) = options {
             command.args(["-o", options]);
         }
-        run_ok(command.arg(device).arg(dir));
+        run_ok(command.arg(source).arg(dir));
         MountedFs {
             dir: dir.to_path_buf(),
             mounted: true,
@@ -1530,6 +1543,18 @@ impl MountedFs {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Unmounts with one attempt, failing the test if that fails (busy
+    /// included): for a test whose check is that nothing holds the
+    /// filesystem any more.
+    pub fn unmount_at_once(mut self) {
+        let result = rustix::mount::unmount(&self.dir, UnmountFlags::empty());
+        self.mounted = false;
+        if let Err(err) = result {
+            let _ = rustix::mount::unmount(&self.dir, UnmountFlags::DETACH);
+            panic!("umount {}: {err}", self.dir.display());
+        }
     }
 
     /// Unmounts now, failing the test if it stays busy.
