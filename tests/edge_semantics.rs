@@ -20,13 +20,6 @@ use common::*;
 // ---------------------------------------------------------------------------
 // Local helpers
 
-/// Runs `f` (which goes through the export and would hang with the server)
-/// on a helper thread, failing the test after [`COMMAND_TIMEOUT`].
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    with_timeout(COMMAND_TIMEOUT, f)
-        .unwrap_or_else(|| panic!("{what} did not return within {COMMAND_TIMEOUT:?}"))
-}
-
 fn export_size(path: &Path) -> u64 {
     let owned = path.to_path_buf();
     bounded("stat of the export", move || fs::metadata(owned))
