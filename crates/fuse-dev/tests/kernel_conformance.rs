@@ -19,20 +19,21 @@
 //! `capture_golden_frames` (ignored; run it explicitly as root) records real
 //! request frames as hex into `crates/fuse-proto/tests/fixtures/captured/`.
 
+mod common;
+
 use std::fs;
-use std::io::{IoSliceMut, Write};
+use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{
+    Client, ScratchDir, fresh_size, mount_probe_file, probe_attr_out, report_skip, skip_reason,
+};
 use fuse_dev::init::{InitRequest, max_pages_limit, negotiate};
-use fuse_dev::mount::{Mount, MountOptions, mount};
+use fuse_dev::mount::Mount;
 use fuse_proto::Opcode;
-use fuse_proto::abi::{Attr, AttrOut, InHeader, InitIn, OpenOut, ReadIn, WriteIn, WriteOut};
+use fuse_proto::abi::{AttrOut, InHeader, InitIn, OpenOut, ReadIn, WriteIn, WriteOut};
 use fuse_proto::flags::InitFlags;
 use fuse_proto::reply::{Errno as ReplyErrno, Reply};
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -64,45 +65,6 @@ const PAGE: usize = 4096;
 /// The smallest read buffer the kernel documents accepting.
 fn min_read_len(max_write: u32) -> usize {
     MIN_READ_BUFFER.max(WRITE_HEADER_LEN + max_write as usize)
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<&'static str> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("needs root (mount(2) of a FUSE file system)");
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing");
-    }
-    None
-}
-
-/// Prints `SKIP: <test>: <reason>` straight to the process's stderr, past
-/// libtest's output capture, so that a skipped test is seen as skipped.
-fn report_skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-}
-
-/// A unique scratch directory, removed on drop.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(test: &str) -> ScratchDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fuse-conformance-{}-{}-{test}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        ScratchDir(path)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// One request as the kernel delivered it.
@@ -155,39 +117,6 @@ impl std::fmt::Debug for Frame {
     }
 }
 
-/// A client thread making syscalls on the mounted file. Its result comes
-/// back over a channel, so waiting for it is bounded.
-struct Client<T> {
-    result: mpsc::Receiver<T>,
-    thread: thread::JoinHandle<()>,
-}
-
-impl<T: Send + 'static> Client<T> {
-    fn spawn(work: impl FnOnce() -> T + Send + 'static) -> Client<T> {
-        let (sender, result) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("conformance-client".into())
-            .spawn(move || {
-                let _ = sender.send(work());
-            })
-            .expect("spawning the client thread");
-        Client { result, thread }
-    }
-
-    /// The result if the client has finished.
-    fn try_result(&self) -> Option<T> {
-        match self.result.try_recv() {
-            Ok(result) => Some(result),
-            Err(mpsc::TryRecvError::Empty) => None,
-            Err(mpsc::TryRecvError::Disconnected) => panic!("the client thread panicked"),
-        }
-    }
-
-    fn pthread(&self) -> libc::pthread_t {
-        self.thread.as_pthread_t()
-    }
-}
-
 /// A mounted probe server: the mount, its device fd and any clones.
 ///
 /// Dropping it closes every device fd first (aborting the connection, which
@@ -225,22 +154,10 @@ impl Probe {
             report_skip(test, reason);
             return None;
         }
-        let dir = ScratchDir::new(test);
-        let mountpoint = dir.0.join("file");
-        fs::write(&mountpoint, b"")
-            .unwrap_or_else(|err| panic!("creating {}: {err}", mountpoint.display()));
-        let options = MountOptions {
-            mountpoint: mountpoint.clone(),
-            fsname: format!("conformance-{test}"),
-            read_only: false,
-            allow_other: false,
-            force_fusermount: false,
-            root_is_dir: false,
-            max_read: MAX_WRITE,
-            // A test binary cannot re-execute itself as a watcher.
-            auto_unmount: false,
-        };
-        match mount(&options) {
+        let dir = ScratchDir::new("fuse-conformance", test);
+        let (mountpoint, mounted) =
+            mount_probe_file(&dir, format!("conformance-{test}"), MAX_WRITE);
+        match mounted {
             Ok((device, mount)) => Some(Probe {
                 test,
                 devices: vec![device],
@@ -469,20 +386,7 @@ impl Probe {
 
 /// The attributes of the probe's file.
 fn file_attr_out() -> AttrOut {
-    AttrOut {
-        // 0: never cached, so every forced stat asks again.
-        attr_valid: 0,
-        attr: Attr {
-            ino: fuse_proto::ROOT_ID,
-            size: FILE_SIZE,
-            blocks: FILE_SIZE / 512,
-            mode: libc::S_IFREG | 0o644,
-            nlink: 1,
-            blksize: PAGE as u32,
-            ..Attr::default()
-        },
-        ..AttrOut::default()
-    }
+    probe_attr_out(FILE_SIZE)
 }
 
 fn open_reply(unique: u64) -> Vec<u8> {
@@ -548,18 +452,6 @@ fn set_len_to_actual(reply: &mut [u8]) {
 
 fn open_file(path: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())
-}
-
-/// `stat` that always asks the server; wanting only the basic fields makes
-/// that a single GETATTR (no permission check on the file itself, no OPEN).
-fn fresh_size(path: &Path) -> Result<u64, Errno> {
-    let stat = rustix::fs::statx(
-        CWD,
-        path,
-        AtFlags::STATX_FORCE_SYNC,
-        StatxFlags::BASIC_STATS,
-    )?;
-    Ok(stat.stx_size)
 }
 
 /// The size the kernel has cached (`i_size`), without asking the server.
