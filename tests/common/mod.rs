@@ -525,29 +525,9 @@ fn read_mount_table() -> io::Result<Vec<MountEntry>> {
     Ok(entries)
 }
 
-/// The kernel escapes space, tab, newline and backslash as `\ooo` octal.
+/// A mountpoint field of the mount table, unescaped.
 fn unescape_mount_field(field: &[u8]) -> PathBuf {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|digits| field[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
-        match octal {
-            Some(digits) => {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                out.push(value as u8);
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(OsStr::from_bytes(&out))
+    PathBuf::from(OsStr::from_bytes(&fuse_dev::mountinfo::unescape(field)))
 }
 
 /// The topmost mount at exactly `path`, if any.
