@@ -705,6 +705,18 @@ pub struct Server<'dir> {
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(0);
 
+/// `--image <image> --mount <mount> <extra_args>`.
+pub fn export_args(image: &Path, mount: &Path, extra_args: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--image".into(),
+        image.into(),
+        "--mount".into(),
+        mount.into(),
+    ];
+    args.extend(extra_args.iter().map(OsString::from));
+    args
+}
+
 impl<'dir> Server<'dir> {
     /// Starts `fuse-export --image <image> --mount <mount> <extra_args>` and
     /// returns once the export is ready: mounted with the export's fstype and
@@ -734,13 +746,7 @@ impl<'dir> Server<'dir> {
         } else {
             mount.to_path_buf()
         };
-        let mut args: Vec<OsString> = vec![
-            "--image".into(),
-            image.into(),
-            "--mount".into(),
-            mount.into(),
-        ];
-        args.extend(extra_args.iter().map(OsString::from));
+        let args = export_args(image, mount, extra_args);
         let mut server = Server::spawn_with_env(dir, &args, mount, env);
         server.wait_until_ready(image_size, &exported_file);
         server
@@ -759,6 +765,21 @@ impl<'dir> Server<'dir> {
         mount: &Path,
         env: &[(&str, &OsStr)],
     ) -> Server<'dir> {
+        let mut command = Command::new(SERVER_BIN);
+        command.envs(env.iter().copied());
+        Server::start(dir, command, args, mount, "")
+    }
+
+    /// Runs `command` (which ends by naming the server binary) with `args`
+    /// and the run's transport, its output going to a fresh log in `dir`.
+    /// `via` completes the failure message (" through setpriv").
+    fn start(
+        dir: &'dir TestDir,
+        mut command: Command,
+        args: &[OsString],
+        mount: &Path,
+        via: &str,
+    ) -> Server<'dir> {
         let log_id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
         let log = dir.join(format!("server-{log_id}.log"));
         let stderr = File::create(&log)
@@ -767,14 +788,13 @@ impl<'dir> Server<'dir> {
             .try_clone()
             .expect("cannot duplicate the log file descriptor");
         let (command_line, uring) = with_run_transport(args);
-        let child = Command::new(SERVER_BIN)
+        let child = command
             .args(&command_line)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN}: {err}"));
+            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN}{via}: {err}"));
         Server {
             child,
             exit_status: None,
@@ -1583,13 +1603,7 @@ impl<'dir> Server<'dir> {
         mount: &Path,
         extra_args: &[&str],
     ) -> Server<'dir> {
-        let mut args: Vec<OsString> = vec![
-            "--image".into(),
-            image.into(),
-            "--mount".into(),
-            mount.into(),
-        ];
-        args.extend(extra_args.iter().map(OsString::from));
+        let args = export_args(image, mount, extra_args);
         let mut server = Server::spawn(dir, &args, mount);
         server.wait_until_ready(image_size, mount);
         server
@@ -1608,33 +1622,13 @@ impl<'dir> Server<'dir> {
         args: &[OsString],
         mount: &Path,
     ) -> Server<'dir> {
-        let log_id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
-        let log = dir.join(format!("server-{log_id}.log"));
-        let stderr = File::create(&log)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
-        let stdout = stderr
-            .try_clone()
-            .expect("cannot duplicate the log file descriptor");
-        let (command_line, uring) = with_run_transport(args);
-        let child = Command::new("setpriv")
+        let mut command = Command::new("setpriv");
+        command
             .arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
             .arg("--clear-groups")
             .arg("--")
-            .arg(SERVER_BIN)
-            .args(&command_line)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN} through setpriv: {err}"));
-        Server {
-            child,
-            exit_status: None,
-            mount: mount.to_path_buf(),
-            log,
-            _dir: PhantomData,
-            _uring: uring,
-        }
+            .arg(SERVER_BIN);
+        Server::start(dir, command, args, mount, " through setpriv")
     }
 }
