@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
@@ -592,13 +591,7 @@ fn spill_tier_bounds_at_or_above_max_write_are_refused() {
     ];
     let mut failures = Vec::new();
     for (name, extra) in cases {
-        let mut args: Vec<OsString> = vec![
-            "--image".into(),
-            image.clone().into(),
-            "--mount".into(),
-            mount.clone().into(),
-        ];
-        args.extend(extra.iter().map(OsString::from));
+        let args = export_args(&image, &mount, &extra);
         failures.extend(rejected_command_line_failures(
             &dir, name, &args, &mount, &mount, false,
         ));

@@ -21,7 +21,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -40,10 +39,6 @@ use rustix::process::{Pid, Signal};
 
 /// The hidden argument of the server's unmount watcher.
 const WATCHER_ARG: &str = "--internal-unmount-watcher";
-
-fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
-    list.iter().map(|a| a.as_ref().to_owned()).collect()
-}
 
 /// The server's log lines that are not info lines.
 fn complaints(log: &str) -> Vec<&str> {
@@ -527,11 +522,7 @@ fn a_dead_foreign_fuse_mount_is_named_with_the_command_to_remove_it() {
     create_sparse_file(&image, MIB);
     write_file(&mount, b"");
     let foreign = ForeignDeadMount::create(&mount);
-    let mut server = Server::spawn(
-        &dir,
-        &args(&[&"--image", &image, &"--mount", &mount]),
-        &mount,
-    );
+    let mut server = Server::spawn(&dir, &export_args(&image, &mount, &[]), &mount);
     let line = assert_refused(&mut server, "a server on a dead foreign mount");
     assert!(
         line.contains("dead FUSE mount (fuse,")
@@ -607,7 +598,7 @@ fn a_second_export_of_the_same_image_is_refused_unless_locking_is_off() {
 
     let mut second = Server::spawn(
         &dir,
-        &args(&[&"--image", &image, &"--mount", &second_mount]),
+        &export_args(&image, &second_mount, &[]),
         &second_mount,
     );
     let line = assert_refused(&mut second, "a second export");
@@ -744,7 +735,7 @@ fn a_read_only_export_shares_the_image_with_readers_only() {
     let second = Server::export(&dir, &image, &second_mount, &["--read-only"]);
     let mut writable = Server::spawn(
         &dir,
-        &args(&[&"--image", &image, &"--mount", &writable_mount]),
+        &export_args(&image, &writable_mount, &[]),
         &writable_mount,
     );
     let line = assert_refused(
@@ -784,11 +775,7 @@ fn an_image_that_qemu_writes_is_not_exported() {
         "qemu-io did not lock the image: {}",
         qemu.stderr()
     );
-    let mut server = Server::spawn(
-        &dir,
-        &args(&[&"--image", &image, &"--mount", &mount]),
-        &mount,
-    );
+    let mut server = Server::spawn(&dir, &export_args(&image, &mount, &[]), &mount);
     let line = assert_refused(&mut server, "an export of an image qemu-io writes");
     // qemu-io holds "write", which an export does not share.
     assert!(
@@ -989,7 +976,7 @@ fn a_fusermount3_mount_keeps_other_users_and_root_out() {
         owner.chown(path);
     }
     fs::set_permissions(&image, fs::Permissions::from_mode(0o600)).expect("chmod the image");
-    let server_args = args(&[&"--image", &image, &"--mount", &mount, &"--fusermount"]);
+    let server_args = export_args(&image, &mount, &["--fusermount"]);
 
     let mut server = Server::spawn_as_user(&dir, owner.ids(), &server_args, &mount);
     wait_until_served_to(&owner, &mut server, &mount, 4 * MIB);
