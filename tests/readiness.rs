@@ -24,22 +24,6 @@ fn pidfile_export_args(image: &Path, mount: &Path, pidfile: &Path) -> Vec<OsStri
     args
 }
 
-/// The names in a directory, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|err| panic!("cannot list {}: {err}", dir.display()))
-        .map(|entry| {
-            entry
-                .expect("a directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 /// Asserts that the export is usable at `mount` right now: mounted as an
 /// export, and `stat` reports the image's size.
 #[track_caller]

@@ -332,6 +332,22 @@ pub fn read_file(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
 }
 
+/// The names in a directory, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|err| panic!("cannot list {}: {err}", dir.display()))
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 pub fn file_size(path: &Path) -> u64 {
     fs::metadata(path)
         .unwrap_or_else(|err| panic!("cannot stat {}: {err}", path.display()))
