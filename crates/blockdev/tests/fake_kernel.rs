@@ -6,14 +6,13 @@
 mod common;
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image};
 use common::{
-    CountingAllocator, GETATTR, READ, TempDir, WRITE, count_allocations_here, direct_test_image,
-    fake_device, initial_bytes, pattern, queue_allocations, read_args, wait_for_reply, write_args,
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, count_allocations_here,
+    direct_test_image, fake_device, initial_bytes, pattern, queue_allocations, read_args,
+    wait_for_reply, write_args,
 };
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout, Waker};
 
@@ -33,11 +32,8 @@ const ATTR_OUT_UID: usize = 16 + 68;
 
 /// A running queue and the test's end of the fake device.
 struct FakeKernel {
-    socket: Option<OwnedFd>,
-    queue: Option<JoinHandle<std::io::Result<QueueReport>>>,
-    image_path: PathBuf,
+    device: ServedImage,
     next_unique: u64,
-    dir: Option<TempDir>,
     /// The export the queue serves (to hold range locks from outside).
     export: Arc<Export>,
     /// Makes the queue retry what it parked.
@@ -115,18 +111,11 @@ impl FakeKernel {
         });
         let waker = waker_rx.recv().expect("the queue hands out its waker");
         Ok(FakeKernel {
-            socket: Some(ours),
-            queue: Some(queue),
-            image_path,
+            device: ServedImage::new(ours, queue, image_path, dir),
             next_unique: 2,
-            dir: Some(dir),
             export,
             waker,
         })
-    }
-
-    fn socket(&self) -> &OwnedFd {
-        self.socket.as_ref().unwrap()
     }
 
     fn frame(&mut self, opcode: u32, args: &[u8], data: &[u8]) -> (u64, Vec<u8>) {
@@ -145,7 +134,7 @@ impl FakeKernel {
     }
 
     fn send_raw(&self, msg: &[u8]) {
-        let sent = rustix::io::write(self.socket(), msg).unwrap();
+        let sent = rustix::io::write(self.device.socket(), msg).unwrap();
         assert_eq!(sent, msg.len());
     }
 
@@ -174,9 +163,9 @@ impl FakeKernel {
 
     /// The next reply: (unique, error, payload). Fails after 10 s.
     fn recv(&self) -> (u64, i32, Vec<u8>) {
-        wait_for_reply(self.socket());
+        wait_for_reply(self.device.socket());
         let mut buf = vec![0u8; MAX_WRITE + 4096];
-        let n = rustix::io::read(self.socket(), &mut buf).unwrap();
+        let n = rustix::io::read(self.device.socket(), &mut buf).unwrap();
         assert!(n >= 16, "reply of {n} bytes");
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
         assert_eq!(len, n, "reply header length must equal the message length");
@@ -204,21 +193,8 @@ impl FakeKernel {
 
     /// Disconnects the fake device, waits for the queue to drain, and
     /// returns its report and the image's final bytes.
-    fn finish(mut self) -> (QueueReport, Vec<u8>) {
-        drop(self.socket.take());
-        let report = self.queue.take().unwrap().join().unwrap().unwrap();
-        let image = std::fs::read(&self.image_path).unwrap();
-        drop(self.dir.take());
-        (report, image)
-    }
-}
-
-impl Drop for FakeKernel {
-    fn drop(&mut self) {
-        drop(self.socket.take());
-        if let Some(queue) = self.queue.take() {
-            let _ = queue.join();
-        }
+    fn finish(self) -> (QueueReport, Vec<u8>) {
+        self.device.finish()
     }
 }
 
@@ -439,7 +415,7 @@ fn a_short_fill_read_inside_the_image_is_an_error_not_zeros() {
     let shrunk = 512 << 10;
     std::fs::File::options()
         .write(true)
-        .open(&kernel.image_path)
+        .open(&kernel.device.image_path)
         .and_then(|file| file.set_len(shrunk))
         .unwrap();
     let unique = kernel.send_write(600_000 + 100, &[9u8; 100]);

@@ -10,13 +10,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::thread::JoinHandle;
 
 use blockdev::{Export, ExportOptions};
 use common::{
-    CountingAllocator, GETATTR, READ, TempDir, WRITE, count_allocations_here, direct_test_image,
-    fake_device, initial_bytes, pattern, queue_allocations, read_args, wait_for_reply, write_args,
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, count_allocations_here,
+    direct_test_image, fake_device, initial_bytes, pattern, queue_allocations, read_args,
+    wait_for_reply, write_args,
 };
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout};
 
@@ -40,11 +39,8 @@ struct RingReply {
 
 /// A running ring queue and the test's end of the fake device.
 struct FakeRing {
-    socket: Option<OwnedFd>,
-    queue: Option<JoinHandle<std::io::Result<QueueReport>>>,
-    image_path: PathBuf,
+    device: ServedImage,
     next_unique: u64,
-    dir: Option<TempDir>,
 }
 
 /// Whether 1 MiB messages fit through the socketpair (raising the socket
@@ -80,16 +76,9 @@ impl FakeRing {
             })
         });
         Some(FakeRing {
-            socket: Some(ours),
-            queue: Some(queue),
-            image_path,
+            device: ServedImage::new(ours, queue, image_path, dir),
             next_unique: 2,
-            dir: Some(dir),
         })
-    }
-
-    fn socket(&self) -> &OwnedFd {
-        self.socket.as_ref().unwrap()
     }
 
     /// Sends one request the way the kernel fills an entry; returns its
@@ -108,7 +97,7 @@ impl FakeRing {
         msg[ENT_IN_OUT + 16..ENT_IN_OUT + 20]
             .copy_from_slice(&(payload.len() as u32).to_ne_bytes());
         msg.extend_from_slice(payload);
-        let sent = rustix::io::write(self.socket(), &msg).unwrap();
+        let sent = rustix::io::write(self.device.socket(), &msg).unwrap();
         assert_eq!(sent, msg.len());
         unique
     }
@@ -123,9 +112,9 @@ impl FakeRing {
 
     /// The next committed reply. Fails after 10 s.
     fn recv(&self) -> RingReply {
-        wait_for_reply(self.socket());
+        wait_for_reply(self.device.socket());
         let mut buf = vec![0u8; HEADER_LEN + MAX_WRITE + 4096];
-        let n = rustix::io::read(self.socket(), &mut buf).unwrap();
+        let n = rustix::io::read(self.device.socket(), &mut buf).unwrap();
         assert!(n >= HEADER_LEN, "reply of {n} bytes");
         let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
         let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
@@ -162,21 +151,8 @@ impl FakeRing {
 
     /// Disconnects the fake device, waits for the queue to drain, and
     /// returns its report and the image's final bytes.
-    fn finish(mut self) -> (QueueReport, Vec<u8>) {
-        drop(self.socket.take());
-        let report = self.queue.take().unwrap().join().unwrap().unwrap();
-        let image = std::fs::read(&self.image_path).unwrap();
-        drop(self.dir.take());
-        (report, image)
-    }
-}
-
-impl Drop for FakeRing {
-    fn drop(&mut self) {
-        drop(self.socket.take());
-        if let Some(queue) = self.queue.take() {
-            let _ = queue.join();
-        }
+    fn finish(self) -> (QueueReport, Vec<u8>) {
+        self.device.finish()
     }
 }
 

@@ -12,8 +12,10 @@ use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
 
 use blockdev::{CacheMode, Image};
+use fuse_dev::QueueReport;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 pub const WRITE: u32 = 16;
@@ -96,6 +98,57 @@ pub fn fake_device() -> (OwnedFd, OwnedFd) {
         None,
     )
     .unwrap()
+}
+
+/// A queue thread serving a test image over a fake device, and the test's
+/// end of that device. Dropping it disconnects the device and waits for
+/// the queue.
+pub struct ServedImage {
+    socket: Option<OwnedFd>,
+    queue: Option<JoinHandle<std::io::Result<QueueReport>>>,
+    pub image_path: PathBuf,
+    dir: Option<TempDir>,
+}
+
+impl ServedImage {
+    /// `queue` serves the image at `image_path` (inside `dir`) over the
+    /// other end of `socket`.
+    pub fn new(
+        socket: OwnedFd,
+        queue: JoinHandle<std::io::Result<QueueReport>>,
+        image_path: PathBuf,
+        dir: TempDir,
+    ) -> ServedImage {
+        ServedImage {
+            socket: Some(socket),
+            queue: Some(queue),
+            image_path,
+            dir: Some(dir),
+        }
+    }
+
+    pub fn socket(&self) -> &OwnedFd {
+        self.socket.as_ref().unwrap()
+    }
+
+    /// Disconnects the fake device, waits for the queue to drain, and
+    /// returns its report and the image's final bytes.
+    pub fn finish(mut self) -> (QueueReport, Vec<u8>) {
+        drop(self.socket.take());
+        let report = self.queue.take().unwrap().join().unwrap().unwrap();
+        let image = std::fs::read(&self.image_path).unwrap();
+        drop(self.dir.take());
+        (report, image)
+    }
+}
+
+impl Drop for ServedImage {
+    fn drop(&mut self) {
+        drop(self.socket.take());
+        if let Some(queue) = self.queue.take() {
+            let _ = queue.join();
+        }
+    }
 }
 
 /// The bytes every test image starts with: byte `i` is `i % 249`.
