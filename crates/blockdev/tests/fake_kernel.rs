@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image};
 use common::{
-    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, count_allocations_here,
-    direct_test_image, fake_device, initial_bytes, pattern, queue_allocations, read_args,
-    wait_for_reply, write_args,
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead, assert_reads_match,
+    count_allocations_here, direct_test_image, fake_device, pattern, queue_allocations, read_args,
+    wait_for_reply, write_args, write_pieces_exactly,
 };
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout, Waker};
 
@@ -177,6 +177,14 @@ impl FakeKernel {
         (unique, error, buf[16..n].to_vec())
     }
 
+    /// Disconnects the fake device, waits for the queue to drain, and
+    /// returns its report and the image's final bytes.
+    fn finish(self) -> (QueueReport, Vec<u8>) {
+        self.device.finish()
+    }
+}
+
+impl WriteRead for FakeKernel {
     fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
         let unique = self.send_write(offset, data);
         let (got, error, payload) = self.recv();
@@ -189,12 +197,6 @@ impl FakeKernel {
         let (got, error, payload) = self.recv();
         assert_eq!((got, error), (unique, 0));
         payload
-    }
-
-    /// Disconnects the fake device, waits for the queue to drain, and
-    /// returns its report and the image's final bytes.
-    fn finish(self) -> (QueueReport, Vec<u8>) {
-        self.device.finish()
     }
 }
 
@@ -221,43 +223,18 @@ macro_rules! start_or_skip {
 fn aligned_and_unaligned_writes_land_exactly() {
     let size = 8 << 20;
     let mut kernel = start_or_skip!("exact", size, ExportOptions::default(), LARGE_MESSAGES);
-    let mut shadow = initial_bytes(size);
-    let cases: &[(u64, usize)] = &[
-        (0, 4096),
-        (4096, 65536),
-        (1 << 20, 1 << 20),
-        (1, 1),
-        (511, 2),
-        (4095, 4097),
-        (12345, 70000),
-        ((3 << 20) - 3, (1 << 20) - 100),
-        (size as u64 - 10, 10),
-    ];
-    for (i, &(offset, len)) in cases.iter().enumerate() {
-        let data = pattern(len, i as u64 + 1);
-        assert_eq!(
-            kernel.write(offset, &data),
-            len as u32,
-            "write at {offset}+{len}"
-        );
-        shadow[offset as usize..offset as usize + len].copy_from_slice(&data);
-        let back = kernel.read(offset, len as u32);
-        assert!(back == data, "read back at {offset}+{len} differs");
-    }
+    let shadow = write_pieces_exactly(&mut kernel, size);
     // Odd reads around what was written.
-    for &(offset, len) in &[
-        (3u64, 5000u32),
-        (4000, 200),
-        (1 << 20, 1 << 20),
-        (size as u64 - 7, 100),
-    ] {
-        let back = kernel.read(offset, len);
-        let end = (offset as usize + len as usize).min(size);
-        assert!(
-            back == shadow[offset as usize..end],
-            "read at {offset}+{len} differs"
-        );
-    }
+    assert_reads_match(
+        &mut kernel,
+        &shadow,
+        &[
+            (3u64, 5000u32),
+            (4000, 200),
+            (1 << 20, 1 << 20),
+            (size as u64 - 7, 100),
+        ],
+    );
     let (report, image) = kernel.finish();
     assert!(report.disconnected);
     assert!(image == shadow, "image differs from the shadow copy");

@@ -13,9 +13,9 @@ use std::os::fd::OwnedFd;
 
 use blockdev::{Export, ExportOptions};
 use common::{
-    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, count_allocations_here,
-    direct_test_image, fake_device, initial_bytes, pattern, queue_allocations, read_args,
-    wait_for_reply, write_args,
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead, assert_reads_match,
+    count_allocations_here, direct_test_image, fake_device, pattern, queue_allocations, read_args,
+    wait_for_reply, write_args, write_pieces_exactly,
 };
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout};
 
@@ -135,6 +135,14 @@ impl FakeRing {
         }
     }
 
+    /// Disconnects the fake device, waits for the queue to drain, and
+    /// returns its report and the image's final bytes.
+    fn finish(self) -> (QueueReport, Vec<u8>) {
+        self.device.finish()
+    }
+}
+
+impl WriteRead for FakeRing {
     fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
         let unique = self.send_write(offset, data);
         let reply = self.recv();
@@ -147,12 +155,6 @@ impl FakeRing {
         let reply = self.recv();
         assert_eq!((reply.unique, reply.error), (unique, 0));
         reply.payload
-    }
-
-    /// Disconnects the fake device, waits for the queue to drain, and
-    /// returns its report and the image's final bytes.
-    fn finish(self) -> (QueueReport, Vec<u8>) {
-        self.device.finish()
     }
 }
 
@@ -172,44 +174,19 @@ macro_rules! start_or_skip {
 fn ring_entries_carry_aligned_and_unaligned_io_exactly() {
     let size = 8 << 20;
     let mut ring = start_or_skip!("exact", size);
-    let mut shadow = initial_bytes(size);
-    let cases: &[(u64, usize)] = &[
-        (0, 4096),
-        (4096, 65536),
-        (1 << 20, 1 << 20),
-        (1, 1),
-        (511, 2),
-        (4095, 4097),
-        (12345, 70000),
-        ((3 << 20) - 3, (1 << 20) - 100),
-        (size as u64 - 10, 10),
-    ];
-    for (i, &(offset, len)) in cases.iter().enumerate() {
-        let data = pattern(len, i as u64 + 1);
-        assert_eq!(
-            ring.write(offset, &data),
-            len as u32,
-            "write at {offset}+{len}"
-        );
-        shadow[offset as usize..offset as usize + len].copy_from_slice(&data);
-        let back = ring.read(offset, len as u32);
-        assert!(back == data, "read back at {offset}+{len} differs");
-    }
+    let shadow = write_pieces_exactly(&mut ring, size);
     // Reads around what was written, aligned and not, up to a whole entry.
-    for &(offset, len) in &[
-        (3u64, 5000u32),
-        (4000, 200),
-        (1 << 20, 1 << 20),
-        ((1 << 20) + 1, (1 << 20) - 4096),
-        (size as u64 - 7, 100),
-    ] {
-        let back = ring.read(offset, len);
-        let end = (offset as usize + len as usize).min(size);
-        assert!(
-            back == shadow[offset as usize..end],
-            "read at {offset}+{len} differs"
-        );
-    }
+    assert_reads_match(
+        &mut ring,
+        &shadow,
+        &[
+            (3u64, 5000u32),
+            (4000, 200),
+            (1 << 20, 1 << 20),
+            ((1 << 20) + 1, (1 << 20) - 4096),
+            (size as u64 - 7, 100),
+        ],
+    );
     let (report, image) = ring.finish();
     assert!(report.disconnected, "the peer closing ends the queue");
     assert_eq!(report.spilled, 0, "ring requests use no spill-over");

@@ -203,6 +203,57 @@ pub fn wait_for_reply(socket: &OwnedFd) {
     assert_eq!(ready, 1, "no reply within 10 s");
 }
 
+/// What the exactness tests do through a fake device: a WRITE that must
+/// succeed, returning the bytes written, and a READ that must succeed,
+/// returning its data.
+pub trait WriteRead {
+    fn write(&mut self, offset: u64, data: &[u8]) -> u32;
+    fn read(&mut self, offset: u64, size: u32) -> Vec<u8>;
+}
+
+/// Writes aligned and unaligned pieces into a `size`-byte image of
+/// [`initial_bytes`] (at least 4 MiB), reading each back at once, and
+/// returns what the image must hold now.
+pub fn write_pieces_exactly(device: &mut impl WriteRead, size: usize) -> Vec<u8> {
+    let mut shadow = initial_bytes(size);
+    let cases: &[(u64, usize)] = &[
+        (0, 4096),
+        (4096, 65536),
+        (1 << 20, 1 << 20),
+        (1, 1),
+        (511, 2),
+        (4095, 4097),
+        (12345, 70000),
+        ((3 << 20) - 3, (1 << 20) - 100),
+        (size as u64 - 10, 10),
+    ];
+    for (i, &(offset, len)) in cases.iter().enumerate() {
+        let data = pattern(len, i as u64 + 1);
+        assert_eq!(
+            device.write(offset, &data),
+            len as u32,
+            "write at {offset}+{len}"
+        );
+        shadow[offset as usize..offset as usize + len].copy_from_slice(&data);
+        let back = device.read(offset, len as u32);
+        assert!(back == data, "read back at {offset}+{len} differs");
+    }
+    shadow
+}
+
+/// Reads each `(offset, len)` and compares it with what `shadow` holds
+/// there (a read past its end returns only what is inside).
+pub fn assert_reads_match(device: &mut impl WriteRead, shadow: &[u8], reads: &[(u64, u32)]) {
+    for &(offset, len) in reads {
+        let back = device.read(offset, len);
+        let end = (offset as usize + len as usize).min(shadow.len());
+        assert!(
+            back == shadow[offset as usize..end],
+            "read at {offset}+{len} differs"
+        );
+    }
+}
+
 /// Deterministic pseudo-random bytes (xorshift) for `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
