@@ -463,22 +463,35 @@ fn cached_size(path: &Path) -> Result<u64, Errno> {
 /// One `IORING_OP_READ` (an asynchronous kiocb, as AIO/io_uring clients
 /// issue); returns the CQE result (bytes or a negative errno).
 fn io_uring_read(file: &OwnedFd, len: u32, offset: u64) -> Result<i32, Errno> {
-    let mut ring =
-        io_uring::IoUring::new(2).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
     let mut buf = vec![0u8; len as usize];
     let entry =
         io_uring::opcode::Read::new(io_uring::types::Fd(file.as_raw_fd()), buf.as_mut_ptr(), len)
             .offset(offset)
             .build();
-    // SAFETY: `buf` stays alive until the operation completes: the loop below
-    // returns only after its CQE arrived, or leaks `buf` when waiting fails.
-    unsafe { ring.submission().push(&entry) }.expect("an empty submission queue has room");
+    // SAFETY: `entry` reads into `buf` only, which is handed over with it.
+    unsafe { io_uring_once(&entry, buf) }
+}
+
+/// Submits `entry` on a fresh ring and waits for its CQE; returns the CQE
+/// result.
+///
+/// # Safety
+///
+/// Every buffer `entry` points to lies in `buffer`'s heap allocation.
+unsafe fn io_uring_once(entry: &io_uring::squeue::Entry, buffer: Vec<u8>) -> Result<i32, Errno> {
+    let mut ring =
+        io_uring::IoUring::new(2).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
+    // SAFETY: `buffer` (whose allocation holds what `entry` points to, by
+    // this function's contract) stays alive until the operation completes:
+    // the loop below returns only after its CQE arrived, or leaks `buffer`
+    // when waiting fails.
+    unsafe { ring.submission().push(entry) }.expect("an empty submission queue has room");
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => break,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(err) => {
-                std::mem::forget(buf);
+                std::mem::forget(buffer);
                 return Err(Errno::from_io_error(&err).unwrap_or(Errno::IO));
             }
         }
@@ -1112,8 +1125,6 @@ const PAGE_FILL: u8 = 0x5a;
 /// One `IORING_OP_WRITE` of a 4 KiB-aligned page of [`PAGE_FILL`] at offset
 /// 0 with `rw_flags`; returns the CQE result.
 fn io_uring_write(file: &OwnedFd, rw_flags: rustix::io::ReadWriteFlags) -> Result<i32, Errno> {
-    let mut ring =
-        io_uring::IoUring::new(2).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
     let storage = vec![PAGE_FILL; 2 * PAGE];
     let page = &storage[storage.as_ptr().align_offset(PAGE)..][..PAGE];
     let entry = io_uring::opcode::Write::new(
@@ -1124,25 +1135,9 @@ fn io_uring_write(file: &OwnedFd, rw_flags: rustix::io::ReadWriteFlags) -> Resul
     .offset(0)
     .rw_flags(rw_flags.bits() as i32)
     .build();
-    // SAFETY: `storage` stays alive until the operation completes: the loop
-    // below returns only after its CQE arrived, or leaks `storage` when
-    // waiting fails.
-    unsafe { ring.submission().push(&entry) }.expect("an empty submission queue has room");
-    loop {
-        match ring.submit_and_wait(1) {
-            Ok(_) => break,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                std::mem::forget(storage);
-                return Err(Errno::from_io_error(&err).unwrap_or(Errno::IO));
-            }
-        }
-    }
-    let cqe = ring
-        .completion()
-        .next()
-        .expect("submit_and_wait(1) returned a CQE");
-    Ok(cqe.result())
+    // SAFETY: `entry` writes from `page`, inside `storage`, which is handed
+    // over with it.
+    unsafe { io_uring_once(&entry, storage) }
 }
 
 /// What reached the server for one [`PageWrite`]: the `fuse_write_in.flags`
