@@ -392,10 +392,7 @@ fn kill_9_under_write_load_leaves_no_dead_mount_and_keeps_fsynced_data() {
     let watchers = watchers_of(&mount);
     assert_eq!(watchers.len(), 1, "one watcher for {}", mount.display());
     rustix::process::kill_process(watchers[0], Signal::TERM).expect("SIGTERM to the watcher");
-    server.signal(Signal::KILL);
-    server
-        .wait_for_exit(STOP_TIMEOUT)
-        .expect("the server survived SIGKILL");
+    server.kill_9();
 
     let gone = poll_until(STOP_TIMEOUT, || (!is_mounted(&mount)).then_some(()));
     assert!(
@@ -471,10 +468,7 @@ fn a_dead_mount_whose_watcher_died_too_is_cleared_at_the_next_start() {
     let watchers = watchers_of(&mount);
     assert_eq!(watchers.len(), 1, "one watcher for {}", mount.display());
     rustix::process::kill_process(watchers[0], Signal::KILL).expect("kill the watcher");
-    server.signal(Signal::KILL);
-    server
-        .wait_for_exit(STOP_TIMEOUT)
-        .expect("the server survived SIGKILL");
+    server.kill_9();
     // The watcher was killed first, so nothing cleans up: a dead mount
     // (once the kernel has torn the server's rings down).
     let dead = poll_until(STOP_TIMEOUT, || {
@@ -1017,10 +1011,7 @@ fn a_fusermount3_mount_keeps_other_users_and_root_out() {
 
     let mut server = Server::spawn_as_user(&dir, owner.ids(), &server_args, &mount);
     wait_until_served_to(&owner, &mut server, &mount, 4 * MIB);
-    server.signal(Signal::KILL);
-    server
-        .wait_for_exit(STOP_TIMEOUT)
-        .expect("the server survived SIGKILL");
+    server.kill_9();
     let gone = poll_until(STOP_TIMEOUT, || (!is_mounted(&mount)).then_some(()));
     assert!(
         gone.is_some(),

@@ -858,6 +858,14 @@ impl<'dir> Server<'dir> {
         }
     }
 
+    /// `kill -9`: SIGKILL, then reaps the server within [`STOP_TIMEOUT`]
+    /// (failing the test if it is still there).
+    pub fn kill_9(&mut self) {
+        self.signal(Signal::KILL);
+        self.wait_for_exit(STOP_TIMEOUT)
+            .expect("the server survived SIGKILL");
+    }
+
     /// Waits up to `timeout` for the server to exit.
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         poll_until(timeout, || self.try_wait())
