@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image, Pending, QueueHandler};
-use common::{TempDir, WRITE, fake_device, write_args};
+use common::{TempDir, WRITE, fake_device, request_message, write_args};
 use fuse_dev::{
     Completion, Handler, Incoming, Job, QueueConfig, QueueContext, QueueIo, SpillLayout, Waker,
 };
@@ -75,15 +75,7 @@ impl Handler for Gate {
 }
 
 fn send_write(socket: &OwnedFd, unique: u64, offset: u64, data: &[u8]) {
-    let len = 80 + data.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&WRITE.to_ne_bytes());
-    msg.extend_from_slice(&unique.to_ne_bytes());
-    msg.extend_from_slice(&1u64.to_ne_bytes()); // nodeid
-    msg.extend_from_slice(&[0u8; 16]); // uid gid pid extlen padding
-    msg.extend_from_slice(&write_args(offset, data.len()));
-    msg.extend_from_slice(data);
+    let msg = request_message(WRITE, unique, &write_args(offset, data.len()), data);
     assert_eq!(rustix::io::write(socket, &msg).unwrap(), msg.len());
 }
 

@@ -12,7 +12,7 @@ use blockdev::{CacheMode, Export, ExportOptions, Image};
 use common::{
     CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead, assert_reads_match,
     count_allocations_here, direct_test_image, fake_device, pattern, queue_allocations, read_args,
-    wait_for_reply, write_args, write_pieces_exactly,
+    request_message, wait_for_reply, write_args, write_pieces_exactly,
 };
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout, Waker};
 
@@ -121,16 +121,7 @@ impl FakeKernel {
     fn frame(&mut self, opcode: u32, args: &[u8], data: &[u8]) -> (u64, Vec<u8>) {
         let unique = self.next_unique;
         self.next_unique += 2;
-        let len = 40 + args.len() + data.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&opcode.to_ne_bytes());
-        msg.extend_from_slice(&unique.to_ne_bytes());
-        msg.extend_from_slice(&1u64.to_ne_bytes());
-        msg.extend_from_slice(&[0u8; 16]);
-        msg.extend_from_slice(args);
-        msg.extend_from_slice(data);
-        (unique, msg)
+        (unique, request_message(opcode, unique, args, data))
     }
 
     fn send_raw(&self, msg: &[u8]) {

@@ -168,6 +168,21 @@ pub fn direct_test_image(path: &Path, size: usize) -> Image {
     image
 }
 
+/// A request as `/dev/fuse` delivers it: `fuse_in_header` (node 1, no
+/// credentials), then `args`, then `data`.
+pub fn request_message(opcode: u32, unique: u64, args: &[u8], data: &[u8]) -> Vec<u8> {
+    let len = 40 + args.len() + data.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&opcode.to_ne_bytes());
+    msg.extend_from_slice(&unique.to_ne_bytes());
+    msg.extend_from_slice(&1u64.to_ne_bytes()); // nodeid
+    msg.extend_from_slice(&[0u8; 16]); // uid gid pid extlen padding
+    msg.extend_from_slice(args);
+    msg.extend_from_slice(data);
+    msg
+}
+
 /// `fuse_write_in` of a WRITE of `len` bytes at `offset`.
 pub fn write_args(offset: u64, len: usize) -> Vec<u8> {
     let mut args = Vec::new();
