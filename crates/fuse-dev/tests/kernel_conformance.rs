@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::{
     Client, ScratchDir, fresh_size, mount_probe_file, probe_attr_out, report_skip, skip_reason,
 };
-use fuse_dev::init::{InitRequest, max_pages_limit, negotiate};
+use fuse_dev::init::{InitRequest, Negotiated, max_pages_limit, negotiate};
 use fuse_dev::mount::Mount;
 use fuse_proto::Opcode;
 use fuse_proto::abi::{AttrOut, InHeader, InitIn, OpenOut, ReadIn, WriteIn, WriteOut};
@@ -184,6 +184,12 @@ impl Probe {
 
     /// Answers INIT the way fuse-export does (1 MiB `max_write`).
     fn answer_init(&mut self, init: &Frame) {
+        self.answer_init_with(init, false);
+    }
+
+    /// [`Probe::answer_init`], asking for FUSE_PASSTHROUGH if `passthrough`;
+    /// returns what was negotiated.
+    fn answer_init_with(&mut self, init: &Frame, passthrough: bool) -> Negotiated {
         assert_eq!(init.opcode(), Opcode::INIT);
         let offer: InitIn = init.body();
         let want = InitRequest {
@@ -191,7 +197,7 @@ impl Probe {
             max_background: 64,
             extra_flags: InitFlags::EMPTY,
             max_pages_limit: max_pages_limit(),
-            passthrough: false,
+            passthrough,
         };
         let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
         self.reply(
@@ -199,6 +205,7 @@ impl Probe {
             Reply::init(init.unique(), &out, negotiated.minor).as_bytes(),
         );
         self.max_write = negotiated.max_write;
+        negotiated
     }
 
     /// Attaches a new `/dev/fuse` fd to the connection; returns its index.
@@ -1409,20 +1416,7 @@ fn sync_writes_on_passthrough_opens_never_reach_the_server() {
         return;
     };
     let init = probe.expect_request(MOUNT_FD, Opcode::INIT);
-    let offer: InitIn = init.body();
-    let want = InitRequest {
-        max_write: MAX_WRITE,
-        max_background: 64,
-        extra_flags: InitFlags::EMPTY,
-        max_pages_limit: max_pages_limit(),
-        passthrough: true,
-    };
-    let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
-    probe.reply(
-        MOUNT_FD,
-        Reply::init(init.unique(), &out, negotiated.minor).as_bytes(),
-    );
-    probe.max_write = negotiated.max_write;
+    let negotiated = probe.answer_init_with(&init, true);
     if !negotiated.flags.contains(InitFlags::PASSTHROUGH) {
         report_skip(test, "the kernel does not offer FUSE_PASSTHROUGH");
         return;
