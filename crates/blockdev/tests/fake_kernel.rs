@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image};
 use common::{
-    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead, assert_reads_match,
-    count_allocations_here, direct_test_image, fake_device, pattern, queue_allocations, read_args,
-    request_message, wait_for_reply, write_args, write_pieces_exactly,
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead,
+    allocations_in_steady_state, assert_reads_match, count_allocations_here, direct_test_image,
+    fake_device, pattern, read_args, request_message, wait_for_reply, write_args,
+    write_pieces_exactly,
 };
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout, Waker};
 
@@ -425,29 +426,8 @@ fn malformed_and_unknown_requests_get_error_replies() {
 #[test]
 fn steady_state_serves_without_allocating() {
     let mut kernel = start_or_skip!("alloc", 16 << 20, ExportOptions::default(), LARGE_MESSAGES);
-    let big = pattern(1 << 20, 1);
-    let mid = pattern(65536, 2);
-    let small = pattern(4096, 3);
-    let odd = pattern(777, 4);
-    let round = |kernel: &mut FakeKernel, i: u64| {
-        let base = (i % 8) << 20;
-        assert_eq!(kernel.write(base, &big), 1 << 20);
-        assert_eq!(kernel.write(base + 65536, &mid), 65536);
-        assert_eq!(kernel.write(base + 4096, &small), 4096);
-        assert_eq!(kernel.write(base + 13, &odd), 777);
-        assert_eq!(kernel.read(base, 1 << 20).len(), 1 << 20);
-        assert_eq!(kernel.read(base + 5, 4000).len(), 4000);
-    };
-    for i in 0..50 {
-        round(&mut kernel, i);
-    }
-    let before = queue_allocations();
-    for i in 0..200 {
-        round(&mut kernel, i);
-    }
-    let after = queue_allocations();
     assert_eq!(
-        after - before,
+        allocations_in_steady_state(&mut kernel),
         0,
         "the queue thread allocated in steady state"
     );

@@ -13,9 +13,9 @@ use std::os::fd::OwnedFd;
 
 use blockdev::{Export, ExportOptions};
 use common::{
-    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead, assert_reads_match,
-    count_allocations_here, direct_test_image, fake_device, pattern, queue_allocations, read_args,
-    wait_for_reply, write_args, write_pieces_exactly,
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead,
+    allocations_in_steady_state, assert_reads_match, count_allocations_here, direct_test_image,
+    fake_device, pattern, read_args, wait_for_reply, write_args, write_pieces_exactly,
 };
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout};
 
@@ -243,29 +243,8 @@ fn every_entry_serves_a_request_at_once() {
 #[test]
 fn ring_steady_state_serves_without_allocating() {
     let mut ring = start_or_skip!("alloc", 16 << 20);
-    let big = pattern(1 << 20, 1);
-    let mid = pattern(65536, 2);
-    let small = pattern(4096, 3);
-    let odd = pattern(777, 4);
-    let round = |ring: &mut FakeRing, i: u64| {
-        let base = (i % 8) << 20;
-        assert_eq!(ring.write(base, &big), 1 << 20);
-        assert_eq!(ring.write(base + 65536, &mid), 65536);
-        assert_eq!(ring.write(base + 4096, &small), 4096);
-        assert_eq!(ring.write(base + 13, &odd), 777);
-        assert_eq!(ring.read(base, 1 << 20).len(), 1 << 20);
-        assert_eq!(ring.read(base + 5, 4000).len(), 4000);
-    };
-    for i in 0..50 {
-        round(&mut ring, i);
-    }
-    let before = queue_allocations();
-    for i in 0..200 {
-        round(&mut ring, i);
-    }
-    let after = queue_allocations();
     assert_eq!(
-        after - before,
+        allocations_in_steady_state(&mut ring),
         0,
         "the ring queue thread allocated in steady state"
     );

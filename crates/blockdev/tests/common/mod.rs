@@ -256,6 +256,33 @@ pub fn write_pieces_exactly(device: &mut impl WriteRead, size: usize) -> Vec<u8>
     shadow
 }
 
+/// Runs 50 rounds of six requests (writes of 1 MiB, 64 KiB, 4 KiB and 777
+/// bytes, two reads) over a 16 MiB image to warm the queue up, then 200
+/// more; returns the allocations the queue thread made during those 200.
+pub fn allocations_in_steady_state(device: &mut impl WriteRead) -> u64 {
+    let big = pattern(1 << 20, 1);
+    let mid = pattern(65536, 2);
+    let small = pattern(4096, 3);
+    let odd = pattern(777, 4);
+    let mut round = |i: u64| {
+        let base = (i % 8) << 20;
+        assert_eq!(device.write(base, &big), 1 << 20);
+        assert_eq!(device.write(base + 65536, &mid), 65536);
+        assert_eq!(device.write(base + 4096, &small), 4096);
+        assert_eq!(device.write(base + 13, &odd), 777);
+        assert_eq!(device.read(base, 1 << 20).len(), 1 << 20);
+        assert_eq!(device.read(base + 5, 4000).len(), 4000);
+    };
+    for i in 0..50 {
+        round(i);
+    }
+    let before = queue_allocations();
+    for i in 0..200 {
+        round(i);
+    }
+    queue_allocations() - before
+}
+
 /// Reads each `(offset, len)` and compares it with what `shadow` holds
 /// there (a read past its end returns only what is inside).
 pub fn assert_reads_match(device: &mut impl WriteRead, shadow: &[u8], reads: &[(u64, u32)]) {
