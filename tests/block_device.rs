@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -202,13 +201,7 @@ fn growable_is_refused_for_a_device() {
     let dir = TestDir::new("blockdev-growable");
     let (device, _) = random_loop_device(&dir, 6, &[]);
     let mount = dir.join("export.img");
-    let args: Vec<OsString> = vec![
-        "--image".into(),
-        device.path().into(),
-        "--mount".into(),
-        mount.clone().into(),
-        "--growable".into(),
-    ];
+    let args = export_args(device.path(), &mount, &["--growable"]);
     let failures = rejected_command_line_failures(&dir, "--growable", &args, &mount, &mount, false);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let mut server = Server::spawn(&dir, &args, &mount);

@@ -59,97 +59,6 @@ fn assert_fio_verified(what: &str, output: &str, jobs: usize) {
     );
 }
 
-/// A loop device attached to a file; detached on drop.
-#[derive(Debug)]
-struct LoopDevice {
-    device: PathBuf,
-}
-
-impl LoopDevice {
-    fn attach(file: &Path, extra_args: &[&str]) -> LoopDevice {
-        let output = run_ok(
-            Command::new("losetup")
-                .args(["--find", "--show"])
-                .args(extra_args)
-                .arg(file),
-        );
-        let device = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        assert!(
-            device.starts_with("/dev/loop"),
-            "losetup printed no device: {device:?}"
-        );
-        LoopDevice {
-            device: PathBuf::from(device),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.device
-    }
-
-    /// `/sys/block/loopN/loop/<attribute>`.
-    fn sysfs(&self, attribute: &str) -> String {
-        let name = self.device.file_name().expect("a device name");
-        let path = Path::new("/sys/block")
-            .join(name)
-            .join("loop")
-            .join(attribute);
-        fs::read_to_string(&path)
-            .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let detached = Command::new("losetup")
-            .arg("-d")
-            .arg(&self.device)
-            .stdin(Stdio::null())
-            .status();
-        if !detached.as_ref().is_ok_and(|status| status.success()) {
-            eprintln!("losetup -d {} failed: {detached:?}", self.device.display());
-        }
-    }
-}
-
-/// A filesystem mounted on a directory; unmounted (lazily if busy) on drop.
-#[derive(Debug)]
-struct MountedFs {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl MountedFs {
-    fn mount(device: &Path, dir: &Path) -> MountedFs {
-        run_ok(Command::new("mount").arg(device).arg(dir));
-        MountedFs {
-            dir: dir.to_path_buf(),
-            mounted: true,
-        }
-    }
-
-    /// Unmounts now, failing the test if that fails.
-    fn unmount(mut self) {
-        run_ok(Command::new("umount").arg(&self.dir));
-        self.mounted = false;
-    }
-}
-
-impl Drop for MountedFs {
-    fn drop(&mut self) {
-        use rustix::mount::{UnmountFlags, unmount};
-        if !self.mounted {
-            return;
-        }
-        if let Err(err) = unmount(&self.dir, UnmountFlags::empty()) {
-            eprintln!("umount {} failed ({err}); detaching it", self.dir.display());
-            let _ = unmount(&self.dir, UnmountFlags::DETACH);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // fio --verify
 
@@ -285,7 +194,7 @@ fn ext4_on_loop_device_roundtrip(label: &str, server_args: &[&str], losetup_args
     let device = loop_device.path().to_path_buf();
     run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&device));
 
-    let mounted = MountedFs::mount(&device, &fs_dir);
+    let mounted = MountedFs::mount(&device, &fs_dir, None);
     fs::create_dir(fs_dir.join("small")).expect("create a directory on ext4");
     let written = {
         let (fs_dir, files) = (fs_dir.clone(), files.clone());
@@ -298,18 +207,18 @@ fn ext4_on_loop_device_roundtrip(label: &str, server_args: &[&str], losetup_args
     };
     written.expect("write files on ext4");
     run_ok(Command::new("sync").arg("-f").arg(&fs_dir));
-    mounted.unmount();
+    mounted.unmount_at_once();
     // Nothing of the device may come from its page cache from here on.
     run_ok(Command::new("blockdev").arg("--flushbufs").arg(&device));
     run_ok(Command::new("fsck.ext4").arg("-fn").arg(&device));
 
-    let mounted = MountedFs::mount(&device, &fs_dir);
+    let mounted = MountedFs::mount(&device, &fs_dir, None);
     for (name, data) in &files {
         let path = fs_dir.join(name);
         let back = bounded("reading a file on ext4", move || read_file(&path));
         assert_same_bytes(&format!("{name} after remount"), data, &back);
     }
-    mounted.unmount();
+    mounted.unmount_at_once();
     drop(loop_device);
     server.stop();
 

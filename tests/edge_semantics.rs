@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
@@ -19,13 +18,6 @@ use common::*;
 
 // ---------------------------------------------------------------------------
 // Local helpers
-
-/// Runs `f` (which goes through the export and would hang with the server)
-/// on a helper thread, failing the test after [`COMMAND_TIMEOUT`].
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    with_timeout(COMMAND_TIMEOUT, f)
-        .unwrap_or_else(|| panic!("{what} did not return within {COMMAND_TIMEOUT:?}"))
-}
 
 fn export_size(path: &Path) -> u64 {
     let owned = path.to_path_buf();
@@ -599,13 +591,7 @@ fn spill_tier_bounds_at_or_above_max_write_are_refused() {
     ];
     let mut failures = Vec::new();
     for (name, extra) in cases {
-        let mut args: Vec<OsString> = vec![
-            "--image".into(),
-            image.clone().into(),
-            "--mount".into(),
-            mount.clone().into(),
-        ];
-        args.extend(extra.iter().map(OsString::from));
+        let args = export_args(&image, &mount, &extra);
         failures.extend(rejected_command_line_failures(
             &dir, name, &args, &mount, &mount, false,
         ));

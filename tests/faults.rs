@@ -21,7 +21,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -40,17 +39,6 @@ use rustix::process::{Pid, Signal};
 
 /// The hidden argument of the server's unmount watcher.
 const WATCHER_ARG: &str = "--internal-unmount-watcher";
-
-/// Runs `f` (which may block on the export) on a helper thread, failing
-/// the test after [`COMMAND_TIMEOUT`].
-fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    with_timeout(COMMAND_TIMEOUT, f)
-        .unwrap_or_else(|| panic!("{what} did not return within {COMMAND_TIMEOUT:?}"))
-}
-
-fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
-    list.iter().map(|a| a.as_ref().to_owned()).collect()
-}
 
 /// The server's log lines that are not info lines.
 fn complaints(log: &str) -> Vec<&str> {
@@ -163,79 +151,6 @@ fn all_output(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr),
         String::from_utf8_lossy(&output.stdout)
     )
-}
-
-/// A filesystem this test mounted; unmounted on drop (retrying while a
-/// server that just exited still pins it, then lazily).
-#[derive(Debug)]
-struct ScratchFs {
-    dir: PathBuf,
-}
-
-impl ScratchFs {
-    fn mount(source: &Path, fstype: Option<&str>, options: &str, dir: &Path) -> ScratchFs {
-        fs::create_dir_all(dir).expect("create the mount directory");
-        let mut command = Command::new("mount");
-        if let Some(fstype) = fstype {
-            command.args(["-t", fstype]);
-        }
-        run_ok(command.args(["-o", options]).arg(source).arg(dir));
-        ScratchFs {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for ScratchFs {
-    fn drop(&mut self) {
-        use rustix::mount::{UnmountFlags, unmount};
-        // A server's io_uring rings, torn down after it exits, keep the
-        // image (and so this filesystem) busy for a moment.
-        let unmounted = poll_until(STOP_TIMEOUT, || {
-            unmount(&self.dir, UnmountFlags::empty()).ok()
-        });
-        if unmounted.is_none() {
-            eprintln!("{} stays busy; detaching it", self.dir.display());
-            let _ = unmount(&self.dir, UnmountFlags::DETACH);
-        }
-    }
-}
-
-/// A loop device over a file; detached on drop.
-#[derive(Debug)]
-struct LoopFile {
-    device: PathBuf,
-}
-
-impl LoopFile {
-    fn attach(file: &Path) -> LoopFile {
-        let output = run_ok(Command::new("losetup").args(["--find", "--show"]).arg(file));
-        let device = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        assert!(
-            device.starts_with("/dev/loop"),
-            "losetup printed {device:?}"
-        );
-        LoopFile {
-            device: PathBuf::from(device),
-        }
-    }
-}
-
-impl Drop for LoopFile {
-    fn drop(&mut self) {
-        let detached = Command::new("losetup")
-            .arg("-d")
-            .arg(&self.device)
-            .stdin(Stdio::null())
-            .output();
-        if !detached.is_ok_and(|o| o.status.success()) {
-            eprintln!("losetup -d {} failed", self.device.display());
-        }
-    }
 }
 
 /// A system user created for this test; removed on drop.
@@ -477,10 +392,7 @@ fn kill_9_under_write_load_leaves_no_dead_mount_and_keeps_fsynced_data() {
     let watchers = watchers_of(&mount);
     assert_eq!(watchers.len(), 1, "one watcher for {}", mount.display());
     rustix::process::kill_process(watchers[0], Signal::TERM).expect("SIGTERM to the watcher");
-    server.signal(Signal::KILL);
-    server
-        .wait_for_exit(STOP_TIMEOUT)
-        .expect("the server survived SIGKILL");
+    server.kill_9();
 
     let gone = poll_until(STOP_TIMEOUT, || (!is_mounted(&mount)).then_some(()));
     assert!(
@@ -556,10 +468,7 @@ fn a_dead_mount_whose_watcher_died_too_is_cleared_at_the_next_start() {
     let watchers = watchers_of(&mount);
     assert_eq!(watchers.len(), 1, "one watcher for {}", mount.display());
     rustix::process::kill_process(watchers[0], Signal::KILL).expect("kill the watcher");
-    server.signal(Signal::KILL);
-    server
-        .wait_for_exit(STOP_TIMEOUT)
-        .expect("the server survived SIGKILL");
+    server.kill_9();
     // The watcher was killed first, so nothing cleans up: a dead mount
     // (once the kernel has torn the server's rings down).
     let dead = poll_until(STOP_TIMEOUT, || {
@@ -607,11 +516,7 @@ fn a_dead_foreign_fuse_mount_is_named_with_the_command_to_remove_it() {
     create_sparse_file(&image, MIB);
     write_file(&mount, b"");
     let foreign = ForeignDeadMount::create(&mount);
-    let mut server = Server::spawn(
-        &dir,
-        &args(&[&"--image", &image, &"--mount", &mount]),
-        &mount,
-    );
+    let mut server = Server::spawn(&dir, &export_args(&image, &mount, &[]), &mount);
     let line = assert_refused(&mut server, "a server on a dead foreign mount");
     assert!(
         line.contains("dead FUSE mount (fuse,")
@@ -687,7 +592,7 @@ fn a_second_export_of_the_same_image_is_refused_unless_locking_is_off() {
 
     let mut second = Server::spawn(
         &dir,
-        &args(&[&"--image", &image, &"--mount", &second_mount]),
+        &export_args(&image, &second_mount, &[]),
         &second_mount,
     );
     let line = assert_refused(&mut second, "a second export");
@@ -824,7 +729,7 @@ fn a_read_only_export_shares_the_image_with_readers_only() {
     let second = Server::export(&dir, &image, &second_mount, &["--read-only"]);
     let mut writable = Server::spawn(
         &dir,
-        &args(&[&"--image", &image, &"--mount", &writable_mount]),
+        &export_args(&image, &writable_mount, &[]),
         &writable_mount,
     );
     let line = assert_refused(
@@ -864,11 +769,7 @@ fn an_image_that_qemu_writes_is_not_exported() {
         "qemu-io did not lock the image: {}",
         qemu.stderr()
     );
-    let mut server = Server::spawn(
-        &dir,
-        &args(&[&"--image", &image, &"--mount", &mount]),
-        &mount,
-    );
+    let mut server = Server::spawn(&dir, &export_args(&image, &mount, &[]), &mount);
     let line = assert_refused(&mut server, "an export of an image qemu-io writes");
     // qemu-io holds "write", which an export does not share.
     assert!(
@@ -896,13 +797,14 @@ fn enospc_on_the_images_filesystem_reaches_the_client_and_the_server_lives() {
     let dir = TestDir::new("enospc");
     let source = dir.join("source.bin");
     create_random_file(&source, 19, 4 * FS_SIZE);
-    let small = ScratchFs::mount(
+    fs::create_dir_all(dir.join("small")).expect("create the mount directory");
+    let small = MountedFs::mount_typed(
         Path::new("tmpfs"),
         Some("tmpfs"),
-        &format!("size={FS_SIZE}"),
         &dir.join("small"),
+        Some(&format!("size={FS_SIZE}")),
     );
-    let image = small.path().join("disk.raw");
+    let image = small.dir().join("disk.raw");
     let mount = dir.join("disk.img");
     create_sparse_file(&image, 4 * FS_SIZE);
     let server = Server::export(&dir, &image, &mount, &[]);
@@ -976,9 +878,10 @@ fn ext4_abort_under_load_fails_clients_and_the_server_still_stops() {
     let backing = dir.join("ext4.raw");
     create_sparse_file(&backing, 128 * MIB);
     run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&backing));
-    let device = LoopFile::attach(&backing);
-    let ext4 = ScratchFs::mount(&device.device, Some("ext4"), "rw", &dir.join("ext4"));
-    let image = ext4.path().join("disk.raw");
+    let device = LoopDevice::attach(&backing, &[]);
+    fs::create_dir_all(dir.join("ext4")).expect("create the mount directory");
+    let ext4 = MountedFs::mount_typed(device.path(), Some("ext4"), &dir.join("ext4"), Some("rw"));
+    let image = ext4.dir().join("disk.raw");
     let mount = dir.join("disk.img");
     create_sparse_file(&image, 32 * MIB);
     let mut server = Server::export(&dir, &image, &mount, &[]);
@@ -996,7 +899,7 @@ fn ext4_abort_under_load_fails_clients_and_the_server_still_stops() {
     run_ok(
         Command::new("mount")
             .args(["-o", "remount,abort"])
-            .arg(ext4.path()),
+            .arg(ext4.dir()),
     );
     let ended_with = bounded("the writer after the abort", move || writer.join())
         .expect("the writer thread panicked");
@@ -1067,7 +970,7 @@ fn a_fusermount3_mount_keeps_other_users_and_root_out() {
         owner.chown(path);
     }
     fs::set_permissions(&image, fs::Permissions::from_mode(0o600)).expect("chmod the image");
-    let server_args = args(&[&"--image", &image, &"--mount", &mount, &"--fusermount"]);
+    let server_args = export_args(&image, &mount, &["--fusermount"]);
 
     let mut server = Server::spawn_as_user(&dir, owner.ids(), &server_args, &mount);
     wait_until_served_to(&owner, &mut server, &mount, 4 * MIB);
@@ -1108,10 +1011,7 @@ fn a_fusermount3_mount_keeps_other_users_and_root_out() {
 
     let mut server = Server::spawn_as_user(&dir, owner.ids(), &server_args, &mount);
     wait_until_served_to(&owner, &mut server, &mount, 4 * MIB);
-    server.signal(Signal::KILL);
-    server
-        .wait_for_exit(STOP_TIMEOUT)
-        .expect("the server survived SIGKILL");
+    server.kill_9();
     let gone = poll_until(STOP_TIMEOUT, || (!is_mounted(&mount)).then_some(()));
     assert!(
         gone.is_some(),

@@ -725,18 +725,7 @@ fn directory_mountpoint_exposes_the_image_by_name() {
     fs::create_dir(&mount).expect("create the mountpoint directory");
     let server = Server::export(&dir, &image, &mount, &[]);
 
-    let mut names: Vec<String> = fs::read_dir(&mount)
-        .expect("list the mountpoint")
-        .map(|entry| {
-            entry
-                .expect("a directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    assert_eq!(names, ["disk.raw"]);
+    assert_eq!(names_in(&mount), ["disk.raw"]);
     let exported = mount.join("disk.raw");
     let meta = fs::metadata(&exported).expect("stat the exported image");
     assert!(meta.is_file());

@@ -16,32 +16,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `--image <image> --mount <mount> <extra>`.
-fn export_args(image: &Path, mount: &Path, extra: &[&OsString]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "--image".into(),
-        image.into(),
-        "--mount".into(),
-        mount.into(),
-    ];
-    args.extend(extra.iter().map(|&arg| arg.clone()));
+/// `--image <image> --mount <mount> --pidfile <pidfile> --fusermount`.
+fn pidfile_export_args(image: &Path, mount: &Path, pidfile: &Path) -> Vec<OsString> {
+    let mut args = export_args(image, mount, &["--pidfile"]);
+    args.push(pidfile.into());
+    args.push("--fusermount".into());
     args
-}
-
-/// The names in a directory, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|err| panic!("cannot list {}: {err}", dir.display()))
-        .map(|entry| {
-            entry
-                .expect("a directory entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 /// Asserts that the export is usable at `mount` right now: mounted as an
@@ -137,12 +117,7 @@ fn pidfile_appears_once_the_export_is_ready_and_goes_at_exit() {
     let Some(gate) = MountGate::new(&dir) else {
         return;
     };
-    let pidfile_arg = OsString::from(&pidfile);
-    let args = export_args(
-        &image,
-        &mount,
-        &[&"--pidfile".into(), &pidfile_arg, &"--fusermount".into()],
-    );
+    let args = pidfile_export_args(&image, &mount, &pidfile);
     let mut server = Server::spawn_with_env(&dir, &args, &mount, &[("PATH", &gate.path)]);
 
     gate.wait_until_held(&mut server);
@@ -269,12 +244,7 @@ fn notify_socket_gets_ready_then_stopping() {
     let Some(gate) = MountGate::new(&dir) else {
         return;
     };
-    let pidfile_arg = OsString::from(&pidfile);
-    let args = export_args(
-        &image,
-        &mount,
-        &[&"--pidfile".into(), &pidfile_arg, &"--fusermount".into()],
-    );
+    let args = pidfile_export_args(&image, &mount, &pidfile);
     let mut server = Server::spawn_with_env(
         &dir,
         &args,
@@ -341,12 +311,7 @@ fn a_server_that_cannot_mount_writes_no_pidfile_and_sends_no_ready() {
     let notify = NotifySocket::bind(dir.join("notify.sock"));
     let creation = CreationWatch::new(&pidfile);
     // --fusermount with no fusermount3 in PATH: the mount itself fails.
-    let pidfile_arg = OsString::from(&pidfile);
-    let args = export_args(
-        &image,
-        &mount,
-        &[&"--pidfile".into(), &pidfile_arg, &"--fusermount".into()],
-    );
+    let args = pidfile_export_args(&image, &mount, &pidfile);
     let empty_path = dir.join("no-programs");
     fs::create_dir(&empty_path).expect("create an empty PATH directory");
     let mut server = Server::spawn_with_env(

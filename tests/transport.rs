@@ -12,6 +12,14 @@ use common::*;
 
 /// Waits for the server to log `text` (the startup line comes right after
 /// the export became ready).
+/// Holds `enable_uring` on for the test, or prints `SKIP: <test>: <why>`
+/// and returns `None` where it cannot be turned on.
+fn enable_uring_or_skip() -> Option<fuse_dev::uring::EnableUringGuard> {
+    fuse_dev::uring::EnableUringGuard::acquire()
+        .inspect_err(|err| eprintln!("SKIP: {}: {err}", current_test_name()))
+        .ok()
+}
+
 #[track_caller]
 fn assert_logged(server: &Server<'_>, text: &str) {
     if poll_until(READY_TIMEOUT, || {
@@ -34,12 +42,8 @@ fn auto_serves_over_io_uring_when_the_kernel_offers_it() {
     if !skip_unless_fuse() {
         return;
     }
-    let _uring = match fuse_dev::uring::EnableUringGuard::acquire() {
-        Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("SKIP: {}: {err}", current_test_name());
-            return;
-        }
+    let Some(_uring) = enable_uring_or_skip() else {
+        return;
     };
     let queues = fuse_dev::uring::cpus::possible_cpus().expect("possible CPUs");
     let dir = TestDir::new("auto-uring");
@@ -169,12 +173,8 @@ fn a_burst_of_large_writes_gives_its_memory_back() {
     if !skip_unless_fuse() || !require_tools(&["dd"]) {
         return;
     }
-    let _uring = match fuse_dev::uring::EnableUringGuard::acquire() {
-        Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("SKIP: {}: {err}", current_test_name());
-            return;
-        }
+    let Some(_uring) = enable_uring_or_skip() else {
+        return;
     };
     let dir = TestDir::new("uring-give-back");
     let image = dir.join("disk.raw");

@@ -332,6 +332,22 @@ pub fn read_file(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
 }
 
+/// The names in a directory, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|err| panic!("cannot list {}: {err}", dir.display()))
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 pub fn file_size(path: &Path) -> u64 {
     fs::metadata(path)
         .unwrap_or_else(|err| panic!("cannot stat {}: {err}", path.display()))
@@ -525,29 +541,9 @@ fn read_mount_table() -> io::Result<Vec<MountEntry>> {
     Ok(entries)
 }
 
-/// The kernel escapes space, tab, newline and backslash as `\ooo` octal.
+/// A mountpoint field of the mount table, unescaped.
 fn unescape_mount_field(field: &[u8]) -> PathBuf {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|digits| field[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
-        match octal {
-            Some(digits) => {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                out.push(value as u8);
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(OsStr::from_bytes(&out))
+    PathBuf::from(OsStr::from_bytes(&fuse_dev::mountinfo::unescape(field)))
 }
 
 /// The topmost mount at exactly `path`, if any.
@@ -725,6 +721,18 @@ pub struct Server<'dir> {
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(0);
 
+/// `--image <image> --mount <mount> <extra_args>`.
+pub fn export_args(image: &Path, mount: &Path, extra_args: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--image".into(),
+        image.into(),
+        "--mount".into(),
+        mount.into(),
+    ];
+    args.extend(extra_args.iter().map(OsString::from));
+    args
+}
+
 impl<'dir> Server<'dir> {
     /// Starts `fuse-export --image <image> --mount <mount> <extra_args>` and
     /// returns once the export is ready: mounted with the export's fstype and
@@ -754,13 +762,7 @@ impl<'dir> Server<'dir> {
         } else {
             mount.to_path_buf()
         };
-        let mut args: Vec<OsString> = vec![
-            "--image".into(),
-            image.into(),
-            "--mount".into(),
-            mount.into(),
-        ];
-        args.extend(extra_args.iter().map(OsString::from));
+        let args = export_args(image, mount, extra_args);
         let mut server = Server::spawn_with_env(dir, &args, mount, env);
         server.wait_until_ready(image_size, &exported_file);
         server
@@ -779,6 +781,21 @@ impl<'dir> Server<'dir> {
         mount: &Path,
         env: &[(&str, &OsStr)],
     ) -> Server<'dir> {
+        let mut command = Command::new(SERVER_BIN);
+        command.envs(env.iter().copied());
+        Server::start(dir, command, args, mount, "")
+    }
+
+    /// Runs `command` (which ends by naming the server binary) with `args`
+    /// and the run's transport, its output going to a fresh log in `dir`.
+    /// `via` completes the failure message (" through setpriv").
+    fn start(
+        dir: &'dir TestDir,
+        mut command: Command,
+        args: &[OsString],
+        mount: &Path,
+        via: &str,
+    ) -> Server<'dir> {
         let log_id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
         let log = dir.join(format!("server-{log_id}.log"));
         let stderr = File::create(&log)
@@ -787,14 +804,13 @@ impl<'dir> Server<'dir> {
             .try_clone()
             .expect("cannot duplicate the log file descriptor");
         let (command_line, uring) = with_run_transport(args);
-        let child = Command::new(SERVER_BIN)
+        let child = command
             .args(&command_line)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN}: {err}"));
+            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN}{via}: {err}"));
         Server {
             child,
             exit_status: None,
@@ -840,6 +856,14 @@ impl<'dir> Server<'dir> {
             rustix::process::kill_process(child_pid(&self.child), signal)
                 .unwrap_or_else(|err| panic!("cannot send {signal:?} to the server: {err}"));
         }
+    }
+
+    /// `kill -9`: SIGKILL, then reaps the server within [`STOP_TIMEOUT`]
+    /// (failing the test if it is still there).
+    pub fn kill_9(&mut self) {
+        self.signal(Signal::KILL);
+        self.wait_for_exit(STOP_TIMEOUT)
+            .expect("the server survived SIGKILL");
     }
 
     /// Waits up to `timeout` for the server to exit.
@@ -1517,11 +1541,24 @@ const BUSY_UNMOUNT_RETRY: Duration = Duration::from_secs(5);
 impl MountedFs {
     /// `mount [-o options] device dir`.
     pub fn mount(device: &Path, dir: &Path, options: Option<&str>) -> MountedFs {
+        MountedFs::mount_typed(device, None, dir, options)
+    }
+
+    /// `mount [-t fstype] [-o options] source dir`.
+    pub fn mount_typed(
+        source: &Path,
+        fstype: Option<&str>,
+        dir: &Path,
+        options: Option<&str>,
+    ) -> MountedFs {
         let mut command = Command::new("mount");
+        if let Some(fstype) = fstype {
+            command.args(["-t", fstype]);
+        }
         if let Some(options) = options {
             command.args(["-o", options]);
         }
-        run_ok(command.arg(device).arg(dir));
+        run_ok(command.arg(source).arg(dir));
         MountedFs {
             dir: dir.to_path_buf(),
             mounted: true,
@@ -1530,6 +1567,18 @@ impl MountedFs {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Unmounts with one attempt, failing the test if that fails (busy
+    /// included): for a test whose check is that nothing holds the
+    /// filesystem any more.
+    pub fn unmount_at_once(mut self) {
+        let result = rustix::mount::unmount(&self.dir, UnmountFlags::empty());
+        self.mounted = false;
+        if let Err(err) = result {
+            let _ = rustix::mount::unmount(&self.dir, UnmountFlags::DETACH);
+            panic!("umount {}: {err}", self.dir.display());
+        }
     }
 
     /// Unmounts now, failing the test if it stays busy.
@@ -1578,13 +1627,7 @@ impl<'dir> Server<'dir> {
         mount: &Path,
         extra_args: &[&str],
     ) -> Server<'dir> {
-        let mut args: Vec<OsString> = vec![
-            "--image".into(),
-            image.into(),
-            "--mount".into(),
-            mount.into(),
-        ];
-        args.extend(extra_args.iter().map(OsString::from));
+        let args = export_args(image, mount, extra_args);
         let mut server = Server::spawn(dir, &args, mount);
         server.wait_until_ready(image_size, mount);
         server
@@ -1603,33 +1646,13 @@ impl<'dir> Server<'dir> {
         args: &[OsString],
         mount: &Path,
     ) -> Server<'dir> {
-        let log_id = NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed);
-        let log = dir.join(format!("server-{log_id}.log"));
-        let stderr = File::create(&log)
-            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
-        let stdout = stderr
-            .try_clone()
-            .expect("cannot duplicate the log file descriptor");
-        let (command_line, uring) = with_run_transport(args);
-        let child = Command::new("setpriv")
+        let mut command = Command::new("setpriv");
+        command
             .arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
             .arg("--clear-groups")
             .arg("--")
-            .arg(SERVER_BIN)
-            .args(&command_line)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {SERVER_BIN} through setpriv: {err}"));
-        Server {
-            child,
-            exit_status: None,
-            mount: mount.to_path_buf(),
-            log,
-            _dir: PhantomData,
-            _uring: uring,
-        }
+            .arg(SERVER_BIN);
+        Server::start(dir, command, args, mount, " through setpriv")
     }
 }

@@ -8,21 +8,21 @@
 //! keeps queue 0's first write completion (so its lock stays held) and
 //! panics when queue 0 is woken, like a handler bug would.
 
+mod common;
+
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image, Pending, QueueHandler};
+use common::{TempDir, WRITE, fake_device, request_message, write_args};
 use fuse_dev::{
     Completion, Handler, Incoming, Job, QueueConfig, QueueContext, QueueIo, SpillLayout, Waker,
 };
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 const MAX_WRITE: usize = 64 * 1024;
-const WRITE: u32 = 16;
 
 /// How long the test waits for an event before it fails: a hang guard, not
 /// a timing assertion.
@@ -74,37 +74,8 @@ impl Handler for Gate {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn fake_device() -> (OwnedFd, OwnedFd) {
-    rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap()
-}
-
 fn send_write(socket: &OwnedFd, unique: u64, offset: u64, data: &[u8]) {
-    let len = 80 + data.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&WRITE.to_ne_bytes());
-    msg.extend_from_slice(&unique.to_ne_bytes());
-    msg.extend_from_slice(&1u64.to_ne_bytes()); // nodeid
-    msg.extend_from_slice(&[0u8; 16]); // uid gid pid extlen padding
-    msg.extend_from_slice(&0u64.to_ne_bytes()); // fh
-    msg.extend_from_slice(&offset.to_ne_bytes());
-    msg.extend_from_slice(&(data.len() as u32).to_ne_bytes());
-    msg.extend_from_slice(&[0u8; 20]); // write_flags lock_owner flags padding
-    msg.extend_from_slice(data);
+    let msg = request_message(WRITE, unique, &write_args(offset, data.len()), data);
     assert_eq!(rustix::io::write(socket, &msg).unwrap(), msg.len());
 }
 
@@ -146,10 +117,7 @@ fn expect(events: &Receiver<Event>, expected: Event) {
 
 #[test]
 fn locks_of_a_queue_that_died_are_released() {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = TempDir(std::env::temp_dir().join(format!("dead-queue-{}-{n}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("dead-queue", "locks");
     let image_path = dir.0.join("disk.raw");
     std::fs::write(&image_path, vec![0u8; 1 << 20]).unwrap();
     let image = Image::open(&image_path, false, CacheMode::None).unwrap();

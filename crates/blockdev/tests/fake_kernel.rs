@@ -3,60 +3,24 @@
 //! message = one reply), so the real queue loop, buffers, spill-over
 //! hand-over, range locks and image I/O run without a kernel mount.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 
 use blockdev::{CacheMode, Export, ExportOptions, Image};
+use common::{
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead,
+    allocations_in_steady_state, assert_reads_match, count_allocations_here, direct_test_image,
+    fake_device, pattern, read_args, request_message, wait_for_reply, write_args,
+    write_pieces_exactly,
+};
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout, Waker};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
-
-/// Counts allocations made by threads that opted in (the queue thread).
-struct CountingAllocator;
-
-static QUEUE_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: defers every operation to the system allocator unchanged; the
-// counting touches only an atomic and a const-initialised thread-local,
-// neither of which allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const MAX_WRITE: usize = 1 << 20;
-const WRITE: u32 = 16;
-const READ: u32 = 15;
-const GETATTR: u32 = 3;
 const SETATTR: u32 = 4;
 /// `FATTR_*` bits of `fuse_setattr_in.valid`.
 const FATTR_MODE: u32 = 1;
@@ -67,32 +31,10 @@ const ATTR_OUT_SIZE: usize = 16 + 8;
 const ATTR_OUT_MODE: usize = 16 + 60;
 const ATTR_OUT_UID: usize = 16 + 68;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("fake-kernel-{}-{name}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A running queue and the test's end of the fake device.
 struct FakeKernel {
-    socket: Option<OwnedFd>,
-    queue: Option<JoinHandle<std::io::Result<QueueReport>>>,
-    image_path: PathBuf,
+    device: ServedImage,
     next_unique: u64,
-    dir: Option<TempDir>,
     /// The export the queue serves (to hold range locks from outside).
     export: Arc<Export>,
     /// Makes the queue retry what it parked.
@@ -146,23 +88,11 @@ impl FakeKernel {
         options: ExportOptions,
         largest: usize,
     ) -> Result<FakeKernel, String> {
-        let dir = TempDir::new(name);
+        let dir = TempDir::new("fake-kernel", name);
         let image_path = dir.0.join("disk.raw");
-        let initial: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
-        std::fs::write(&image_path, &initial).unwrap();
-        let image = Image::open(&image_path, false, CacheMode::None).unwrap();
-        assert!(
-            image.is_direct(),
-            "the test image must be on a filesystem with O_DIRECT"
-        );
+        let image = direct_test_image(&image_path, size);
         let export = Export::new(image, MAX_WRITE, options);
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
+        let (ours, theirs) = fake_device();
         make_room_for([&ours, &theirs], largest)?;
         let config = QueueConfig {
             reads: 4,
@@ -174,7 +104,7 @@ impl FakeKernel {
         let served = export.clone();
         let (waker_tx, waker_rx) = std::sync::mpsc::channel();
         let queue = std::thread::spawn(move || {
-            COUNT_HERE.with(|c| c.set(true));
+            count_allocations_here();
             fuse_dev::serve_fd(theirs, config, backing, |context| {
                 let _ = waker_tx.send(context.wakers[0].clone());
                 served.queue_handler(context)
@@ -182,37 +112,21 @@ impl FakeKernel {
         });
         let waker = waker_rx.recv().expect("the queue hands out its waker");
         Ok(FakeKernel {
-            socket: Some(ours),
-            queue: Some(queue),
-            image_path,
+            device: ServedImage::new(ours, queue, image_path, dir),
             next_unique: 2,
-            dir: Some(dir),
             export,
             waker,
         })
     }
 
-    fn socket(&self) -> &OwnedFd {
-        self.socket.as_ref().unwrap()
-    }
-
     fn frame(&mut self, opcode: u32, args: &[u8], data: &[u8]) -> (u64, Vec<u8>) {
         let unique = self.next_unique;
         self.next_unique += 2;
-        let len = 40 + args.len() + data.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&opcode.to_ne_bytes());
-        msg.extend_from_slice(&unique.to_ne_bytes());
-        msg.extend_from_slice(&1u64.to_ne_bytes());
-        msg.extend_from_slice(&[0u8; 16]);
-        msg.extend_from_slice(args);
-        msg.extend_from_slice(data);
-        (unique, msg)
+        (unique, request_message(opcode, unique, args, data))
     }
 
     fn send_raw(&self, msg: &[u8]) {
-        let sent = rustix::io::write(self.socket(), msg).unwrap();
+        let sent = rustix::io::write(self.device.socket(), msg).unwrap();
         assert_eq!(sent, msg.len());
     }
 
@@ -223,21 +137,11 @@ impl FakeKernel {
     }
 
     fn send_write(&mut self, offset: u64, data: &[u8]) -> u64 {
-        let mut args = Vec::new();
-        args.extend_from_slice(&0u64.to_ne_bytes()); // fh
-        args.extend_from_slice(&offset.to_ne_bytes());
-        args.extend_from_slice(&(data.len() as u32).to_ne_bytes());
-        args.extend_from_slice(&[0u8; 20]);
-        self.send(WRITE, &args, data)
+        self.send(WRITE, &write_args(offset, data.len()), data)
     }
 
     fn send_read(&mut self, offset: u64, size: u32) -> u64 {
-        let mut args = Vec::new();
-        args.extend_from_slice(&0u64.to_ne_bytes());
-        args.extend_from_slice(&offset.to_ne_bytes());
-        args.extend_from_slice(&size.to_ne_bytes());
-        args.extend_from_slice(&[0u8; 20]);
-        self.send(READ, &args, &[])
+        self.send(READ, &read_args(offset, size), &[])
     }
 
     fn send_setattr(&mut self, valid: u32, size: u64, mode: u32, uid: u32) -> u64 {
@@ -251,18 +155,9 @@ impl FakeKernel {
 
     /// The next reply: (unique, error, payload). Fails after 10 s.
     fn recv(&self) -> (u64, i32, Vec<u8>) {
-        let mut pollfd = [rustix::event::PollFd::new(
-            self.socket(),
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec {
-            tv_sec: 10,
-            tv_nsec: 0,
-        };
-        let ready = rustix::event::poll(&mut pollfd, Some(&timeout)).unwrap();
-        assert_eq!(ready, 1, "no reply within 10 s");
+        wait_for_reply(self.device.socket());
         let mut buf = vec![0u8; MAX_WRITE + 4096];
-        let n = rustix::io::read(self.socket(), &mut buf).unwrap();
+        let n = rustix::io::read(self.device.socket(), &mut buf).unwrap();
         assert!(n >= 16, "reply of {n} bytes");
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
         assert_eq!(len, n, "reply header length must equal the message length");
@@ -274,6 +169,14 @@ impl FakeKernel {
         (unique, error, buf[16..n].to_vec())
     }
 
+    /// Disconnects the fake device, waits for the queue to drain, and
+    /// returns its report and the image's final bytes.
+    fn finish(self) -> (QueueReport, Vec<u8>) {
+        self.device.finish()
+    }
+}
+
+impl WriteRead for FakeKernel {
     fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
         let unique = self.send_write(offset, data);
         let (got, error, payload) = self.recv();
@@ -286,25 +189,6 @@ impl FakeKernel {
         let (got, error, payload) = self.recv();
         assert_eq!((got, error), (unique, 0));
         payload
-    }
-
-    /// Disconnects the fake device, waits for the queue to drain, and
-    /// returns its report and the image's final bytes.
-    fn finish(mut self) -> (QueueReport, Vec<u8>) {
-        drop(self.socket.take());
-        let report = self.queue.take().unwrap().join().unwrap().unwrap();
-        let image = std::fs::read(&self.image_path).unwrap();
-        drop(self.dir.take());
-        (report, image)
-    }
-}
-
-impl Drop for FakeKernel {
-    fn drop(&mut self) {
-        drop(self.socket.take());
-        if let Some(queue) = self.queue.take() {
-            let _ = queue.join();
-        }
     }
 }
 
@@ -327,59 +211,22 @@ macro_rules! start_or_skip {
     };
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 #[test]
 fn aligned_and_unaligned_writes_land_exactly() {
     let size = 8 << 20;
     let mut kernel = start_or_skip!("exact", size, ExportOptions::default(), LARGE_MESSAGES);
-    let mut shadow: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
-    let cases: &[(u64, usize)] = &[
-        (0, 4096),
-        (4096, 65536),
-        (1 << 20, 1 << 20),
-        (1, 1),
-        (511, 2),
-        (4095, 4097),
-        (12345, 70000),
-        ((3 << 20) - 3, (1 << 20) - 100),
-        (size as u64 - 10, 10),
-    ];
-    for (i, &(offset, len)) in cases.iter().enumerate() {
-        let data = pattern(len, i as u64 + 1);
-        assert_eq!(
-            kernel.write(offset, &data),
-            len as u32,
-            "write at {offset}+{len}"
-        );
-        shadow[offset as usize..offset as usize + len].copy_from_slice(&data);
-        let back = kernel.read(offset, len as u32);
-        assert!(back == data, "read back at {offset}+{len} differs");
-    }
+    let shadow = write_pieces_exactly(&mut kernel, size);
     // Odd reads around what was written.
-    for &(offset, len) in &[
-        (3u64, 5000u32),
-        (4000, 200),
-        (1 << 20, 1 << 20),
-        (size as u64 - 7, 100),
-    ] {
-        let back = kernel.read(offset, len);
-        let end = (offset as usize + len as usize).min(size);
-        assert!(
-            back == shadow[offset as usize..end],
-            "read at {offset}+{len} differs"
-        );
-    }
+    assert_reads_match(
+        &mut kernel,
+        &shadow,
+        &[
+            (3u64, 5000u32),
+            (4000, 200),
+            (1 << 20, 1 << 20),
+            (size as u64 - 7, 100),
+        ],
+    );
     let (report, image) = kernel.finish();
     assert!(report.disconnected);
     assert!(image == shadow, "image differs from the shadow copy");
@@ -537,7 +384,7 @@ fn a_short_fill_read_inside_the_image_is_an_error_not_zeros() {
     let shrunk = 512 << 10;
     std::fs::File::options()
         .write(true)
-        .open(&kernel.image_path)
+        .open(&kernel.device.image_path)
         .and_then(|file| file.set_len(shrunk))
         .unwrap();
     let unique = kernel.send_write(600_000 + 100, &[9u8; 100]);
@@ -579,29 +426,8 @@ fn malformed_and_unknown_requests_get_error_replies() {
 #[test]
 fn steady_state_serves_without_allocating() {
     let mut kernel = start_or_skip!("alloc", 16 << 20, ExportOptions::default(), LARGE_MESSAGES);
-    let big = pattern(1 << 20, 1);
-    let mid = pattern(65536, 2);
-    let small = pattern(4096, 3);
-    let odd = pattern(777, 4);
-    let round = |kernel: &mut FakeKernel, i: u64| {
-        let base = (i % 8) << 20;
-        assert_eq!(kernel.write(base, &big), 1 << 20);
-        assert_eq!(kernel.write(base + 65536, &mid), 65536);
-        assert_eq!(kernel.write(base + 4096, &small), 4096);
-        assert_eq!(kernel.write(base + 13, &odd), 777);
-        assert_eq!(kernel.read(base, 1 << 20).len(), 1 << 20);
-        assert_eq!(kernel.read(base + 5, 4000).len(), 4000);
-    };
-    for i in 0..50 {
-        round(&mut kernel, i);
-    }
-    let before = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
-    for i in 0..200 {
-        round(&mut kernel, i);
-    }
-    let after = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
     assert_eq!(
-        after - before,
+        allocations_in_steady_state(&mut kernel),
         0,
         "the queue thread allocated in steady state"
     );
@@ -631,7 +457,7 @@ fn shared_image_state_is_visible_to_the_export() {
     // and times, with the presented mode and owner, one link, the root's
     // inode and a block size fit for O_DIRECT on it; and it follows what
     // happens to the file behind the export's back.
-    let dir = TempDir::new("attr");
+    let dir = TempDir::new("fake-kernel", "attr");
     let path = dir.0.join("a.raw");
     // Sparse, so that the block count is not just size / 512.
     let file = std::fs::File::create_new(&path).unwrap();

@@ -6,52 +6,18 @@
 //! `fuse_uring_req_header`, then the payload. The real handler, range locks
 //! and image I/O serve them.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 
-use blockdev::{CacheMode, Export, ExportOptions, Image};
+use blockdev::{Export, ExportOptions};
+use common::{
+    CountingAllocator, GETATTR, READ, ServedImage, TempDir, WRITE, WriteRead,
+    allocations_in_steady_state, assert_reads_match, count_allocations_here, direct_test_image,
+    fake_device, pattern, read_args, wait_for_reply, write_args, write_pieces_exactly,
+};
 use fuse_dev::{QueueConfig, QueueReport, SpillLayout};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
-
-/// Counts allocations made by threads that opted in (the queue thread).
-struct CountingAllocator;
-
-static QUEUE_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: defers every operation to the system allocator unchanged; the
-// counting touches only an atomic and a const-initialised thread-local,
-// neither of which allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNT_HERE.with(Cell::get) {
-            QUEUE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -63,27 +29,6 @@ const DEPTH: usize = 8;
 const HEADER_LEN: usize = 288;
 const OP_IN: usize = 128;
 const ENT_IN_OUT: usize = 256;
-const WRITE: u32 = 16;
-const READ: u32 = 15;
-const GETATTR: u32 = 3;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("fake-ring-{}-{name}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A reply as the ring entry held it when committed.
 struct RingReply {
@@ -94,11 +39,8 @@ struct RingReply {
 
 /// A running ring queue and the test's end of the fake device.
 struct FakeRing {
-    socket: Option<OwnedFd>,
-    queue: Option<JoinHandle<std::io::Result<QueueReport>>>,
-    image_path: PathBuf,
+    device: ServedImage,
     next_unique: u64,
-    dir: Option<TempDir>,
 }
 
 /// Whether 1 MiB messages fit through the socketpair (raising the socket
@@ -112,23 +54,11 @@ fn big_messages_possible(fds: [&OwnedFd; 2]) -> bool {
 
 impl FakeRing {
     fn start(name: &str, size: usize) -> Option<FakeRing> {
-        let dir = TempDir::new(name);
+        let dir = TempDir::new("fake-ring", name);
         let image_path = dir.0.join("disk.raw");
-        let initial: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
-        std::fs::write(&image_path, &initial).unwrap();
-        let image = Image::open(&image_path, false, CacheMode::None).unwrap();
-        assert!(
-            image.is_direct(),
-            "the test image must be on a filesystem with O_DIRECT"
-        );
+        let image = direct_test_image(&image_path, size);
         let export = Export::new(image, MAX_WRITE, ExportOptions::default());
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
+        let (ours, theirs) = fake_device();
         if !big_messages_possible([&ours, &theirs]) {
             return None;
         }
@@ -140,22 +70,15 @@ impl FakeRing {
         };
         let backing = vec![export.image().raw_fd()];
         let queue = std::thread::spawn(move || {
-            COUNT_HERE.with(|c| c.set(true));
+            count_allocations_here();
             fuse_dev::serve_fd_as_ring(theirs, DEPTH, MAX_WRITE, config, backing, |context| {
                 export.queue_handler(context)
             })
         });
         Some(FakeRing {
-            socket: Some(ours),
-            queue: Some(queue),
-            image_path,
+            device: ServedImage::new(ours, queue, image_path, dir),
             next_unique: 2,
-            dir: Some(dir),
         })
-    }
-
-    fn socket(&self) -> &OwnedFd {
-        self.socket.as_ref().unwrap()
     }
 
     /// Sends one request the way the kernel fills an entry; returns its
@@ -174,43 +97,24 @@ impl FakeRing {
         msg[ENT_IN_OUT + 16..ENT_IN_OUT + 20]
             .copy_from_slice(&(payload.len() as u32).to_ne_bytes());
         msg.extend_from_slice(payload);
-        let sent = rustix::io::write(self.socket(), &msg).unwrap();
+        let sent = rustix::io::write(self.device.socket(), &msg).unwrap();
         assert_eq!(sent, msg.len());
         unique
     }
 
     fn send_write(&mut self, offset: u64, data: &[u8]) -> u64 {
-        let mut op = Vec::new();
-        op.extend_from_slice(&0u64.to_ne_bytes()); // fh
-        op.extend_from_slice(&offset.to_ne_bytes());
-        op.extend_from_slice(&(data.len() as u32).to_ne_bytes());
-        op.extend_from_slice(&[0u8; 20]);
-        self.send(WRITE, &op, data)
+        self.send(WRITE, &write_args(offset, data.len()), data)
     }
 
     fn send_read(&mut self, offset: u64, size: u32) -> u64 {
-        let mut op = Vec::new();
-        op.extend_from_slice(&0u64.to_ne_bytes());
-        op.extend_from_slice(&offset.to_ne_bytes());
-        op.extend_from_slice(&size.to_ne_bytes());
-        op.extend_from_slice(&[0u8; 20]);
-        self.send(READ, &op, &[])
+        self.send(READ, &read_args(offset, size), &[])
     }
 
     /// The next committed reply. Fails after 10 s.
     fn recv(&self) -> RingReply {
-        let mut pollfd = [rustix::event::PollFd::new(
-            self.socket(),
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec {
-            tv_sec: 10,
-            tv_nsec: 0,
-        };
-        let ready = rustix::event::poll(&mut pollfd, Some(&timeout)).unwrap();
-        assert_eq!(ready, 1, "no reply within 10 s");
+        wait_for_reply(self.device.socket());
         let mut buf = vec![0u8; HEADER_LEN + MAX_WRITE + 4096];
-        let n = rustix::io::read(self.socket(), &mut buf).unwrap();
+        let n = rustix::io::read(self.device.socket(), &mut buf).unwrap();
         assert!(n >= HEADER_LEN, "reply of {n} bytes");
         let error = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
         let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
@@ -231,6 +135,14 @@ impl FakeRing {
         }
     }
 
+    /// Disconnects the fake device, waits for the queue to drain, and
+    /// returns its report and the image's final bytes.
+    fn finish(self) -> (QueueReport, Vec<u8>) {
+        self.device.finish()
+    }
+}
+
+impl WriteRead for FakeRing {
     fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
         let unique = self.send_write(offset, data);
         let reply = self.recv();
@@ -243,25 +155,6 @@ impl FakeRing {
         let reply = self.recv();
         assert_eq!((reply.unique, reply.error), (unique, 0));
         reply.payload
-    }
-
-    /// Disconnects the fake device, waits for the queue to drain, and
-    /// returns its report and the image's final bytes.
-    fn finish(mut self) -> (QueueReport, Vec<u8>) {
-        drop(self.socket.take());
-        let report = self.queue.take().unwrap().join().unwrap().unwrap();
-        let image = std::fs::read(&self.image_path).unwrap();
-        drop(self.dir.take());
-        (report, image)
-    }
-}
-
-impl Drop for FakeRing {
-    fn drop(&mut self) {
-        drop(self.socket.take());
-        if let Some(queue) = self.queue.take() {
-            let _ = queue.join();
-        }
     }
 }
 
@@ -277,60 +170,23 @@ macro_rules! start_or_skip {
     };
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 #[test]
 fn ring_entries_carry_aligned_and_unaligned_io_exactly() {
     let size = 8 << 20;
     let mut ring = start_or_skip!("exact", size);
-    let mut shadow: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
-    let cases: &[(u64, usize)] = &[
-        (0, 4096),
-        (4096, 65536),
-        (1 << 20, 1 << 20),
-        (1, 1),
-        (511, 2),
-        (4095, 4097),
-        (12345, 70000),
-        ((3 << 20) - 3, (1 << 20) - 100),
-        (size as u64 - 10, 10),
-    ];
-    for (i, &(offset, len)) in cases.iter().enumerate() {
-        let data = pattern(len, i as u64 + 1);
-        assert_eq!(
-            ring.write(offset, &data),
-            len as u32,
-            "write at {offset}+{len}"
-        );
-        shadow[offset as usize..offset as usize + len].copy_from_slice(&data);
-        let back = ring.read(offset, len as u32);
-        assert!(back == data, "read back at {offset}+{len} differs");
-    }
+    let shadow = write_pieces_exactly(&mut ring, size);
     // Reads around what was written, aligned and not, up to a whole entry.
-    for &(offset, len) in &[
-        (3u64, 5000u32),
-        (4000, 200),
-        (1 << 20, 1 << 20),
-        ((1 << 20) + 1, (1 << 20) - 4096),
-        (size as u64 - 7, 100),
-    ] {
-        let back = ring.read(offset, len);
-        let end = (offset as usize + len as usize).min(size);
-        assert!(
-            back == shadow[offset as usize..end],
-            "read at {offset}+{len} differs"
-        );
-    }
+    assert_reads_match(
+        &mut ring,
+        &shadow,
+        &[
+            (3u64, 5000u32),
+            (4000, 200),
+            (1 << 20, 1 << 20),
+            ((1 << 20) + 1, (1 << 20) - 4096),
+            (size as u64 - 7, 100),
+        ],
+    );
     let (report, image) = ring.finish();
     assert!(report.disconnected, "the peer closing ends the queue");
     assert_eq!(report.spilled, 0, "ring requests use no spill-over");
@@ -387,29 +243,8 @@ fn every_entry_serves_a_request_at_once() {
 #[test]
 fn ring_steady_state_serves_without_allocating() {
     let mut ring = start_or_skip!("alloc", 16 << 20);
-    let big = pattern(1 << 20, 1);
-    let mid = pattern(65536, 2);
-    let small = pattern(4096, 3);
-    let odd = pattern(777, 4);
-    let round = |ring: &mut FakeRing, i: u64| {
-        let base = (i % 8) << 20;
-        assert_eq!(ring.write(base, &big), 1 << 20);
-        assert_eq!(ring.write(base + 65536, &mid), 65536);
-        assert_eq!(ring.write(base + 4096, &small), 4096);
-        assert_eq!(ring.write(base + 13, &odd), 777);
-        assert_eq!(ring.read(base, 1 << 20).len(), 1 << 20);
-        assert_eq!(ring.read(base + 5, 4000).len(), 4000);
-    };
-    for i in 0..50 {
-        round(&mut ring, i);
-    }
-    let before = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
-    for i in 0..200 {
-        round(&mut ring, i);
-    }
-    let after = QUEUE_ALLOCATIONS.load(Ordering::Relaxed);
     assert_eq!(
-        after - before,
+        allocations_in_steady_state(&mut ring),
         0,
         "the ring queue thread allocated in steady state"
     );

@@ -143,6 +143,26 @@ pub fn find_fusermount() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// `fusermount3 -u -q -z -- <path>`: detaches the topmost mount at `path`
+/// if it is a FUSE mount of the calling user (fusermount3 checks that).
+pub(crate) fn fusermount_detach(path: &Path) -> io::Result<()> {
+    let fusermount = find_fusermount()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "fusermount3 not found"))?;
+    let output = Command::new(fusermount)
+        .args(["-u", "-q", "-z", "--"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "fusermount3 -u failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
 fn mount_fusermount(options: &MountOptions) -> io::Result<OwnedFd> {
     let fusermount = find_fusermount().ok_or_else(|| {
         io::Error::new(
@@ -327,24 +347,7 @@ impl Mount {
                     Err(err) => Err(err.into()),
                 }
             }
-            MountMethod::Fusermount => {
-                let fusermount = find_fusermount().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, "fusermount3 not found")
-                })?;
-                let output = Command::new(fusermount)
-                    .args(["-u", "-q", "-z", "--"])
-                    .arg(&self.mountpoint)
-                    .stdin(Stdio::null())
-                    .output()?;
-                if output.status.success() {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(format!(
-                        "fusermount3 -u failed: {}",
-                        String::from_utf8_lossy(&output.stderr).trim()
-                    )))
-                }
-            }
+            MountMethod::Fusermount => fusermount_detach(&self.mountpoint),
         }
     }
 }

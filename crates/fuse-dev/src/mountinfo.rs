@@ -67,8 +67,10 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     })
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &[u8]) -> Vec<u8> {
+/// Undoes the escaping of a mount table field: mountinfo (and
+/// `/proc/self/mounts`, which the kernel escapes the same way) writes
+/// space, tab, newline and backslash as `\ooo`.
+pub fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {

@@ -127,11 +127,7 @@ impl Session {
             mount,
             rings: None,
         };
-        // The kernel keeps i_size at 0 until a GETATTR; until then O_DIRECT
-        // AIO reads see EOF. A stat from here (not a queue thread) fixes that.
-        if let Err(err) = rustix::fs::stat(&stat_path) {
-            log::warn!("stat {} after mount failed: {err}", stat_path.display());
-        }
+        stat_after_start(&stat_path);
         Ok(running)
     }
 }
@@ -210,10 +206,17 @@ impl Session {
                 ending,
             }),
         };
-        if let Err(err) = rustix::fs::stat(&stat_path) {
-            log::warn!("stat {} after mount failed: {err}", stat_path.display());
-        }
+        stat_after_start(&stat_path);
         Ok(running)
+    }
+}
+
+/// The kernel keeps i_size at 0 until a GETATTR; until then O_DIRECT AIO
+/// reads see EOF. A stat from the starting thread (not a queue thread)
+/// fixes that once the queues serve.
+fn stat_after_start(stat_path: &Path) {
+    if let Err(err) = rustix::fs::stat(stat_path) {
+        log::warn!("stat {} after mount failed: {err}", stat_path.display());
     }
 }
 
@@ -346,6 +349,16 @@ where
     })
 }
 
+/// The waker and handler of a lone queue (index 0, the only waker).
+fn single_queue_handler<H, F>(factory: F) -> io::Result<(Waker, H)>
+where
+    F: FnOnce(QueueContext) -> H,
+{
+    let waker = Waker::new()?;
+    let wakers: Arc<[Waker]> = vec![waker.clone()].into();
+    Ok((waker, factory(QueueContext { index: 0, wakers })))
+}
+
 /// Runs a single queue on the calling thread over an already connected fd
 /// until the peer goes away: a `/dev/fuse` fd after INIT, or a test's fake
 /// device (one end of a `SOCK_SEQPACKET` socketpair, one message per
@@ -360,9 +373,7 @@ where
     H: Handler,
     F: FnOnce(QueueContext) -> H,
 {
-    let waker = Waker::new()?;
-    let wakers: Arc<[Waker]> = vec![waker.clone()].into();
-    let mut handler = factory(QueueContext { index: 0, wakers });
+    let (waker, mut handler) = single_queue_handler(factory)?;
     let setup = QueueSetup {
         index: 0,
         fuse_fd: fd,
@@ -394,9 +405,7 @@ where
     H: Handler,
     F: FnOnce(QueueContext) -> H,
 {
-    let waker = Waker::new()?;
-    let wakers: Arc<[Waker]> = vec![waker.clone()].into();
-    let mut handler = factory(QueueContext { index: 0, wakers });
+    let (waker, mut handler) = single_queue_handler(factory)?;
     let (quiet, _quiet_rx) = crossbeam_channel::unbounded();
     let setup = UringSetup {
         index: 0,

@@ -7,13 +7,12 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rustix::fs::{AtFlags, StatxFlags};
 use rustix::mount::UnmountFlags;
 
-use crate::mount::{SUBTYPE, find_fusermount};
+use crate::mount::{SUBTYPE, fusermount_detach};
 use crate::mountinfo;
 
 /// How long a live FUSE server gets to answer the probe.
@@ -175,21 +174,7 @@ pub(crate) fn detach(path: &Path) -> io::Result<()> {
         return rustix::mount::unmount(path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW)
             .map_err(io::Error::from);
     }
-    let fusermount = find_fusermount()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "fusermount3 not found"))?;
-    let output = Command::new(fusermount)
-        .args(["-u", "-q", "-z", "--"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "fusermount3 -u failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
+    fusermount_detach(path)
 }
 
 /// The command a user runs to remove a mount at `path` by hand.

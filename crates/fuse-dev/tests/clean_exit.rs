@@ -11,17 +11,18 @@
 //! device; skips (with a `SKIP:` line) otherwise. The guard unmounts and
 //! detaches everything, also when the test fails.
 
+mod common;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::small_session;
 use fuse_dev::{
-    BackingFile, BackingOp, Chain, Completion, Handler, Incoming, InitRequest, Job, MountOptions,
-    QueueConfig, QueueIo, Segment, Session, SpillLayout,
+    BackingFile, BackingOp, Chain, Completion, Handler, Incoming, Job, QueueIo, Segment,
 };
-use fuse_proto::flags::InitFlags;
 use fuse_proto::reply::Errno;
 use rustix::mount::UnmountFlags;
 
@@ -153,30 +154,7 @@ fn serve_once(image_path: &Path, mountpoint: &Path) {
         .write(true)
         .open(image_path)
         .unwrap();
-    let options = MountOptions {
-        mountpoint: mountpoint.to_path_buf(),
-        fsname: "clean-exit".into(),
-        read_only: false,
-        allow_other: false,
-        force_fusermount: false,
-        root_is_dir: false,
-        max_read: 128 * 1024,
-        auto_unmount: false,
-    };
-    let init = InitRequest {
-        max_write: 128 * 1024,
-        max_background: 16,
-        extra_flags: InitFlags::EMPTY,
-        max_pages_limit: fuse_dev::init::max_pages_limit(),
-        passthrough: false,
-    };
-    let session = Session::mount(&options, &init).unwrap();
-    let config = QueueConfig {
-        reads: 2,
-        max_in_flight: 16,
-        layout: SpillLayout::default_for(session.negotiated().max_write as usize),
-        pool_cap: 16,
-    };
+    let (session, config) = small_session(mountpoint, "clean-exit");
     let running = session
         .start(2, config, vec![image.as_raw_fd()], |_| ReadsTheImage)
         .unwrap();

@@ -19,20 +19,21 @@
 //! `capture_golden_frames` (ignored; run it explicitly as root) records real
 //! request frames as hex into `crates/fuse-proto/tests/fixtures/captured/`.
 
+mod common;
+
 use std::fs;
-use std::io::{IoSliceMut, Write};
+use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use fuse_dev::init::{InitRequest, max_pages_limit, negotiate};
-use fuse_dev::mount::{Mount, MountOptions, mount};
+use common::{
+    Client, ScratchDir, fresh_size, mount_probe_file, probe_attr_out, report_skip, skip_reason,
+};
+use fuse_dev::init::{InitRequest, Negotiated, max_pages_limit, negotiate};
+use fuse_dev::mount::Mount;
 use fuse_proto::Opcode;
-use fuse_proto::abi::{Attr, AttrOut, InHeader, InitIn, OpenOut, ReadIn, WriteIn, WriteOut};
+use fuse_proto::abi::{AttrOut, InHeader, InitIn, OpenOut, ReadIn, WriteIn, WriteOut};
 use fuse_proto::flags::InitFlags;
 use fuse_proto::reply::{Errno as ReplyErrno, Reply};
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -64,45 +65,6 @@ const PAGE: usize = 4096;
 /// The smallest read buffer the kernel documents accepting.
 fn min_read_len(max_write: u32) -> usize {
     MIN_READ_BUFFER.max(WRITE_HEADER_LEN + max_write as usize)
-}
-
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<&'static str> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("needs root (mount(2) of a FUSE file system)");
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing");
-    }
-    None
-}
-
-/// Prints `SKIP: <test>: <reason>` straight to the process's stderr, past
-/// libtest's output capture, so that a skipped test is seen as skipped.
-fn report_skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-}
-
-/// A unique scratch directory, removed on drop.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(test: &str) -> ScratchDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fuse-conformance-{}-{}-{test}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        ScratchDir(path)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// One request as the kernel delivered it.
@@ -155,39 +117,6 @@ impl std::fmt::Debug for Frame {
     }
 }
 
-/// A client thread making syscalls on the mounted file. Its result comes
-/// back over a channel, so waiting for it is bounded.
-struct Client<T> {
-    result: mpsc::Receiver<T>,
-    thread: thread::JoinHandle<()>,
-}
-
-impl<T: Send + 'static> Client<T> {
-    fn spawn(work: impl FnOnce() -> T + Send + 'static) -> Client<T> {
-        let (sender, result) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("conformance-client".into())
-            .spawn(move || {
-                let _ = sender.send(work());
-            })
-            .expect("spawning the client thread");
-        Client { result, thread }
-    }
-
-    /// The result if the client has finished.
-    fn try_result(&self) -> Option<T> {
-        match self.result.try_recv() {
-            Ok(result) => Some(result),
-            Err(mpsc::TryRecvError::Empty) => None,
-            Err(mpsc::TryRecvError::Disconnected) => panic!("the client thread panicked"),
-        }
-    }
-
-    fn pthread(&self) -> libc::pthread_t {
-        self.thread.as_pthread_t()
-    }
-}
-
 /// A mounted probe server: the mount, its device fd and any clones.
 ///
 /// Dropping it closes every device fd first (aborting the connection, which
@@ -225,22 +154,10 @@ impl Probe {
             report_skip(test, reason);
             return None;
         }
-        let dir = ScratchDir::new(test);
-        let mountpoint = dir.0.join("file");
-        fs::write(&mountpoint, b"")
-            .unwrap_or_else(|err| panic!("creating {}: {err}", mountpoint.display()));
-        let options = MountOptions {
-            mountpoint: mountpoint.clone(),
-            fsname: format!("conformance-{test}"),
-            read_only: false,
-            allow_other: false,
-            force_fusermount: false,
-            root_is_dir: false,
-            max_read: MAX_WRITE,
-            // A test binary cannot re-execute itself as a watcher.
-            auto_unmount: false,
-        };
-        match mount(&options) {
+        let dir = ScratchDir::new("fuse-conformance", test);
+        let (mountpoint, mounted) =
+            mount_probe_file(&dir, format!("conformance-{test}"), MAX_WRITE);
+        match mounted {
             Ok((device, mount)) => Some(Probe {
                 test,
                 devices: vec![device],
@@ -267,6 +184,12 @@ impl Probe {
 
     /// Answers INIT the way fuse-export does (1 MiB `max_write`).
     fn answer_init(&mut self, init: &Frame) {
+        self.answer_init_with(init, false);
+    }
+
+    /// [`Probe::answer_init`], asking for FUSE_PASSTHROUGH if `passthrough`;
+    /// returns what was negotiated.
+    fn answer_init_with(&mut self, init: &Frame, passthrough: bool) -> Negotiated {
         assert_eq!(init.opcode(), Opcode::INIT);
         let offer: InitIn = init.body();
         let want = InitRequest {
@@ -274,7 +197,7 @@ impl Probe {
             max_background: 64,
             extra_flags: InitFlags::EMPTY,
             max_pages_limit: max_pages_limit(),
-            passthrough: false,
+            passthrough,
         };
         let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
         self.reply(
@@ -282,6 +205,7 @@ impl Probe {
             Reply::init(init.unique(), &out, negotiated.minor).as_bytes(),
         );
         self.max_write = negotiated.max_write;
+        negotiated
     }
 
     /// Attaches a new `/dev/fuse` fd to the connection; returns its index.
@@ -469,20 +393,7 @@ impl Probe {
 
 /// The attributes of the probe's file.
 fn file_attr_out() -> AttrOut {
-    AttrOut {
-        // 0: never cached, so every forced stat asks again.
-        attr_valid: 0,
-        attr: Attr {
-            ino: fuse_proto::ROOT_ID,
-            size: FILE_SIZE,
-            blocks: FILE_SIZE / 512,
-            mode: libc::S_IFREG | 0o644,
-            nlink: 1,
-            blksize: PAGE as u32,
-            ..Attr::default()
-        },
-        ..AttrOut::default()
-    }
+    probe_attr_out(FILE_SIZE)
 }
 
 fn open_reply(unique: u64) -> Vec<u8> {
@@ -550,18 +461,6 @@ fn open_file(path: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())
 }
 
-/// `stat` that always asks the server; wanting only the basic fields makes
-/// that a single GETATTR (no permission check on the file itself, no OPEN).
-fn fresh_size(path: &Path) -> Result<u64, Errno> {
-    let stat = rustix::fs::statx(
-        CWD,
-        path,
-        AtFlags::STATX_FORCE_SYNC,
-        StatxFlags::BASIC_STATS,
-    )?;
-    Ok(stat.stx_size)
-}
-
 /// The size the kernel has cached (`i_size`), without asking the server.
 fn cached_size(path: &Path) -> Result<u64, Errno> {
     let stat = rustix::fs::statx(CWD, path, AtFlags::STATX_DONT_SYNC, StatxFlags::SIZE)?;
@@ -571,22 +470,35 @@ fn cached_size(path: &Path) -> Result<u64, Errno> {
 /// One `IORING_OP_READ` (an asynchronous kiocb, as AIO/io_uring clients
 /// issue); returns the CQE result (bytes or a negative errno).
 fn io_uring_read(file: &OwnedFd, len: u32, offset: u64) -> Result<i32, Errno> {
-    let mut ring =
-        io_uring::IoUring::new(2).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
     let mut buf = vec![0u8; len as usize];
     let entry =
         io_uring::opcode::Read::new(io_uring::types::Fd(file.as_raw_fd()), buf.as_mut_ptr(), len)
             .offset(offset)
             .build();
-    // SAFETY: `buf` stays alive until the operation completes: the loop below
-    // returns only after its CQE arrived, or leaks `buf` when waiting fails.
-    unsafe { ring.submission().push(&entry) }.expect("an empty submission queue has room");
+    // SAFETY: `entry` reads into `buf` only, which is handed over with it.
+    unsafe { io_uring_once(&entry, buf) }
+}
+
+/// Submits `entry` on a fresh ring and waits for its CQE; returns the CQE
+/// result.
+///
+/// # Safety
+///
+/// Every buffer `entry` points to lies in `buffer`'s heap allocation.
+unsafe fn io_uring_once(entry: &io_uring::squeue::Entry, buffer: Vec<u8>) -> Result<i32, Errno> {
+    let mut ring =
+        io_uring::IoUring::new(2).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
+    // SAFETY: `buffer` (whose allocation holds what `entry` points to, by
+    // this function's contract) stays alive until the operation completes:
+    // the loop below returns only after its CQE arrived, or leaks `buffer`
+    // when waiting fails.
+    unsafe { ring.submission().push(entry) }.expect("an empty submission queue has room");
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => break,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(err) => {
-                std::mem::forget(buf);
+                std::mem::forget(buffer);
                 return Err(Errno::from_io_error(&err).unwrap_or(Errno::IO));
             }
         }
@@ -1220,8 +1132,6 @@ const PAGE_FILL: u8 = 0x5a;
 /// One `IORING_OP_WRITE` of a 4 KiB-aligned page of [`PAGE_FILL`] at offset
 /// 0 with `rw_flags`; returns the CQE result.
 fn io_uring_write(file: &OwnedFd, rw_flags: rustix::io::ReadWriteFlags) -> Result<i32, Errno> {
-    let mut ring =
-        io_uring::IoUring::new(2).map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
     let storage = vec![PAGE_FILL; 2 * PAGE];
     let page = &storage[storage.as_ptr().align_offset(PAGE)..][..PAGE];
     let entry = io_uring::opcode::Write::new(
@@ -1232,25 +1142,9 @@ fn io_uring_write(file: &OwnedFd, rw_flags: rustix::io::ReadWriteFlags) -> Resul
     .offset(0)
     .rw_flags(rw_flags.bits() as i32)
     .build();
-    // SAFETY: `storage` stays alive until the operation completes: the loop
-    // below returns only after its CQE arrived, or leaks `storage` when
-    // waiting fails.
-    unsafe { ring.submission().push(&entry) }.expect("an empty submission queue has room");
-    loop {
-        match ring.submit_and_wait(1) {
-            Ok(_) => break,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                std::mem::forget(storage);
-                return Err(Errno::from_io_error(&err).unwrap_or(Errno::IO));
-            }
-        }
-    }
-    let cqe = ring
-        .completion()
-        .next()
-        .expect("submit_and_wait(1) returned a CQE");
-    Ok(cqe.result())
+    // SAFETY: `entry` writes from `page`, inside `storage`, which is handed
+    // over with it.
+    unsafe { io_uring_once(&entry, storage) }
 }
 
 /// What reached the server for one [`PageWrite`]: the `fuse_write_in.flags`
@@ -1522,20 +1416,7 @@ fn sync_writes_on_passthrough_opens_never_reach_the_server() {
         return;
     };
     let init = probe.expect_request(MOUNT_FD, Opcode::INIT);
-    let offer: InitIn = init.body();
-    let want = InitRequest {
-        max_write: MAX_WRITE,
-        max_background: 64,
-        extra_flags: InitFlags::EMPTY,
-        max_pages_limit: max_pages_limit(),
-        passthrough: true,
-    };
-    let (out, negotiated) = negotiate(&offer, &want).expect("negotiating INIT");
-    probe.reply(
-        MOUNT_FD,
-        Reply::init(init.unique(), &out, negotiated.minor).as_bytes(),
-    );
-    probe.max_write = negotiated.max_write;
+    let negotiated = probe.answer_init_with(&init, true);
     if !negotiated.flags.contains(InitFlags::PASSTHROUGH) {
         report_skip(test, "the kernel does not offer FUSE_PASSTHROUGH");
         return;

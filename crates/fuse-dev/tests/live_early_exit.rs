@@ -4,17 +4,17 @@
 //! client that still had the file open is released when the device fds
 //! close. Needs root and /dev/fuse; skips (with a `SKIP:` line) otherwise.
 
+mod common;
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use fuse_dev::{
-    Completion, Handler, Incoming, InitRequest, Job, MountOptions, QueueConfig, QueueIo, Session,
-    SpillLayout,
-};
+use common::{ScratchDir, small_session};
+use fuse_dev::{Completion, Handler, Incoming, Job, QueueIo};
 use fuse_proto::Opcode;
 use fuse_proto::abi::{Attr, AttrOut, OpenOut};
-use fuse_proto::flags::{FopenFlags, InitFlags};
+use fuse_proto::flags::FopenFlags;
 use fuse_proto::reply::{Errno, Reply};
 
 /// Serves a 1 MiB regular file (attributes and opens only); panics on FSYNC.
@@ -62,14 +62,6 @@ impl Handler for PanicsOnFsync {
     }
 }
 
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn is_mounted(path: &Path) -> bool {
     let path = path.to_string_lossy();
     fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
@@ -88,35 +80,10 @@ fn panicking_queue_on_a_live_mount_ends_with_an_error_and_no_mount() {
         );
         return;
     }
-    let dir =
-        ScratchDir(std::env::temp_dir().join(format!("live-early-exit-{}", std::process::id())));
-    fs::create_dir_all(&dir.0).unwrap();
+    let dir = ScratchDir::new("live-early-exit", "panicking-queue");
     let mountpoint = dir.0.join("file");
     fs::write(&mountpoint, b"").unwrap();
-    let options = MountOptions {
-        mountpoint: mountpoint.clone(),
-        fsname: "live-early-exit".into(),
-        read_only: false,
-        allow_other: false,
-        force_fusermount: false,
-        root_is_dir: false,
-        max_read: 128 * 1024,
-        auto_unmount: false,
-    };
-    let init = InitRequest {
-        max_write: 128 * 1024,
-        max_background: 16,
-        extra_flags: InitFlags::EMPTY,
-        max_pages_limit: fuse_dev::init::max_pages_limit(),
-        passthrough: false,
-    };
-    let session = Session::mount(&options, &init).unwrap();
-    let config = QueueConfig {
-        reads: 2,
-        max_in_flight: 16,
-        layout: SpillLayout::default_for(session.negotiated().max_write as usize),
-        pool_cap: 16,
-    };
+    let (session, config) = small_session(&mountpoint, "live-early-exit");
     let running = session
         .start(2, config, Vec::new(), |_| PanicsOnFsync)
         .unwrap();

@@ -18,26 +18,28 @@
 //! a deadline, and a probe that ends with a client still blocked closes its
 //! rings and device fd, which aborts the connection and releases the client.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::fs;
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{
+    Client, ScratchDir, fresh_size, mount_probe_file, probe_attr_out, report_skip, skip_reason,
+};
 use fuse_dev::init::{InitRequest, Negotiated, max_pages_limit, negotiate};
-use fuse_dev::mount::{Mount, MountOptions, mount};
+use fuse_dev::mount::Mount;
 use fuse_dev::uring::{
     EnableUringGuard, GuardError, HEADER_LEN, RingEvent, RingQueue, RingSetup, cpus, payload_len,
 };
-use fuse_proto::abi::{Attr, AttrOut, InHeader, InitIn, OpenOut, ReadIn, WriteIn, WriteOut};
+use fuse_proto::abi::{AttrOut, InHeader, InitIn, OpenOut, ReadIn, WriteIn, WriteOut};
 use fuse_proto::reply::{Errno as ReplyErrno, Reply};
 use fuse_proto::{Opcode, Request};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, StatxFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use zerocopy::FromBytes;
 
@@ -53,69 +55,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const HELD_BACK: Duration = Duration::from_millis(300);
 /// `FOPEN_DIRECT_IO`.
 const FOPEN_DIRECT_IO: u32 = 1 << 0;
-
-/// Prints `SKIP: <test>: <reason>` past libtest's output capture.
-fn report_skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-}
-
-/// A unique scratch directory, removed on drop.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(test: &str) -> ScratchDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "fuse-uring-conformance-{}-{}-{test}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        ScratchDir(path)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A client thread making syscalls on the mounted file; its result comes
-/// back over a channel, so waiting for it is bounded.
-struct Client<T> {
-    result: mpsc::Receiver<T>,
-}
-
-impl<T: Send + 'static> Client<T> {
-    fn spawn(work: impl FnOnce() -> T + Send + 'static) -> Client<T> {
-        Client::spawn_on(None, work)
-    }
-
-    /// A client pinned to `cpu`: the kernel delivers its requests to the
-    /// ring queue of that CPU.
-    fn spawn_on(cpu: Option<usize>, work: impl FnOnce() -> T + Send + 'static) -> Client<T> {
-        let (sender, result) = mpsc::channel();
-        thread::Builder::new()
-            .name("uring-client".into())
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    cpus::pin_current_thread(cpu).expect("pinning the client");
-                }
-                let _ = sender.send(work());
-            })
-            .expect("spawning the client thread");
-        Client { result }
-    }
-
-    fn try_result(&self) -> Option<T> {
-        match self.result.try_recv() {
-            Ok(result) => Some(result),
-            Err(mpsc::TryRecvError::Empty) => None,
-            Err(mpsc::TryRecvError::Disconnected) => panic!("the client thread panicked"),
-        }
-    }
-}
 
 /// A mounted probe server: `enable_uring` held on, the mount, its device fd
 /// and one ring per kernel queue once created.
@@ -169,12 +108,8 @@ impl Probe {
     /// Turns `enable_uring` on and mounts a fresh file whose INIT is still
     /// queued; `None` (after a `SKIP:` line) where the tests cannot run.
     fn mount_uninitialised(test: &'static str) -> Option<Probe> {
-        if !rustix::process::geteuid().is_root() {
-            report_skip(test, "needs root (mount(2) of a FUSE file system)");
-            return None;
-        }
-        if !Path::new("/dev/fuse").exists() {
-            report_skip(test, "/dev/fuse is missing");
+        if let Some(reason) = skip_reason() {
+            report_skip(test, reason);
             return None;
         }
         let enable = match EnableUringGuard::acquire() {
@@ -189,22 +124,10 @@ impl Probe {
             }
         };
         let queues = cpus::possible_cpus().expect("reading the possible CPUs");
-        let dir = ScratchDir::new(test);
-        let mountpoint = dir.0.join("file");
-        fs::write(&mountpoint, b"")
-            .unwrap_or_else(|err| panic!("creating {}: {err}", mountpoint.display()));
-        let options = MountOptions {
-            mountpoint: mountpoint.clone(),
-            fsname: format!("uring-conformance-{test}"),
-            read_only: false,
-            allow_other: false,
-            force_fusermount: false,
-            root_is_dir: false,
-            max_read: MAX_WRITE,
-            auto_unmount: false,
-        };
-        let (device, mount) =
-            mount(&options).unwrap_or_else(|err| panic!("{test}: mounting: {err}"));
+        let dir = ScratchDir::new("fuse-uring-conformance", test);
+        let (mountpoint, mounted) =
+            mount_probe_file(&dir, format!("uring-conformance-{test}"), MAX_WRITE);
+        let (device, mount) = mounted.unwrap_or_else(|err| panic!("{test}: mounting: {err}"));
         Some(Probe {
             test,
             rings: Vec::new(),
@@ -397,19 +320,7 @@ fn pattern(offset: u64, len: usize) -> Vec<u8> {
 }
 
 fn attr_out() -> AttrOut {
-    AttrOut {
-        attr_valid: 0,
-        attr: Attr {
-            ino: fuse_proto::ROOT_ID,
-            size: FILE_SIZE,
-            blocks: FILE_SIZE / 512,
-            mode: libc::S_IFREG | 0o644,
-            nlink: 1,
-            blksize: 4096,
-            ..Attr::default()
-        },
-        ..AttrOut::default()
-    }
+    probe_attr_out(FILE_SIZE)
 }
 
 fn default_reply(opcode: Opcode, unique: u64, op: &[u8]) -> Vec<u8> {
@@ -440,17 +351,6 @@ fn default_reply(opcode: Opcode, unique: u64, op: &[u8]) -> Vec<u8> {
         }
         _ => Reply::error(unique, ReplyErrno::ENOSYS).as_bytes().to_vec(),
     }
-}
-
-/// `stat` that always asks the server: a single GETATTR.
-fn fresh_size(path: &Path) -> Result<u64, Errno> {
-    let stat = rustix::fs::statx(
-        CWD,
-        path,
-        AtFlags::STATX_FORCE_SYNC,
-        StatxFlags::BASIC_STATS,
-    )?;
-    Ok(stat.stx_size)
 }
 
 /// The `fusectl` connection directory of a mount (`<st_dev minor>`), from

@@ -182,18 +182,9 @@ impl QueueHandler {
         io: &mut QueueIo<'_, Pending>,
     ) {
         let (lock, offset, len, grows) = placed;
-        let unique = job.unique();
         io.pool().give_chain(chain);
-        if grows && result > 0 {
-            // Still under the lock, so no resize runs in between.
-            self.image().grew_to(offset + result as u64);
-        }
-        self.unlock(lock, io);
-        if result < 0 {
-            io.reply_error(job, Errno::from_any(result));
-        } else {
-            io.reply(job, write_reply(unique, (result as usize).min(len)));
-        }
+        let landed = (result.max(0) as usize).min(len);
+        self.end_write(job, result, lock, grows.then_some(offset), landed, io);
     }
 
     /// The merged blocks of a read-modify-write are on the image (durable
@@ -213,22 +204,39 @@ impl QueueHandler {
             grows,
             ..
         } = merge;
+        // The merged blocks start before the client's data.
         let skip = (write.offset - start) as usize;
-        let len = write.len;
-        let unique = job.unique();
+        let landed = (result.max(0) as usize).saturating_sub(skip).min(write.len);
         io.pool().give_chain(write.payload);
         io.pool().give_chain(chain);
-        if grows && result > 0 {
+        self.end_write(job, result, lock, grows.then_some(start), landed, io);
+    }
+
+    /// A write that started at `grows_from` (when it extends the image)
+    /// completed with `result` (bytes written, or a negative errno): grows
+    /// the image, releases the write's lock, and answers with the `landed`
+    /// bytes of the client's data, or the error.
+    fn end_write(
+        &mut self,
+        job: Job,
+        result: i32,
+        lock: LockId,
+        grows_from: Option<u64>,
+        landed: usize,
+        io: &mut QueueIo<'_, Pending>,
+    ) {
+        let unique = job.unique();
+        if let Some(start) = grows_from
+            && result > 0
+        {
+            // Still under the lock, so no resize runs in between.
             self.image().grew_to(start + result as u64);
         }
         self.unlock(lock, io);
         if result < 0 {
             io.reply_error(job, Errno::from_any(result));
         } else {
-            io.reply(
-                job,
-                write_reply(unique, (result as usize).saturating_sub(skip).min(len)),
-            );
+            io.reply(job, write_reply(unique, landed));
         }
     }
 

@@ -23,6 +23,21 @@ use crate::jobs::{split_user_data, user_data};
 /// `user_data` kind of a fake device's reply write (index: the entry).
 const KIND_FAKE_REPLY: u64 = 0x11;
 
+/// Marks entry `index` as in the kernel with no request, and builds the
+/// `READV` of the fake device's next message into the entry's two buffers;
+/// returns the entry's iovec pair with it.
+fn hand_to_fake(
+    entries: &mut RingEntries,
+    index: usize,
+) -> Result<(*const [libc::iovec; 2], squeue::Entry), RingError> {
+    let iovecs = entries.hand_to_kernel(index)?;
+    entries.forget_request(index);
+    let fetch = opcode::Readv::new(DEVICE, iovecs.cast(), 2)
+        .build()
+        .user_data(user_data(KIND_ENTRY, index));
+    Ok((iovecs, fetch))
+}
+
 /// Where entry commands go.
 pub(crate) enum EntryDevice {
     /// `IORING_OP_URING_CMD` on `/dev/fuse`.
@@ -74,11 +89,7 @@ impl EntryDevice {
         match self {
             EntryDevice::Kernel => push_register(ring, entries, qid, index),
             EntryDevice::Fake { .. } => {
-                let iovecs = entries.hand_to_kernel(index)?;
-                entries.forget_request(index);
-                let fetch = opcode::Readv::new(DEVICE, iovecs.cast(), 2)
-                    .build()
-                    .user_data(user_data(KIND_ENTRY, index));
+                let (_, fetch) = hand_to_fake(entries, index)?;
                 // SAFETY: the iovecs and the buffers they describe are the
                 // entries' shared memory, never unmapped while the entry is
                 // marked as in the kernel (just marked; cleared when this
@@ -107,8 +118,7 @@ impl EntryDevice {
             return Err(RingError::NothingDelivered);
         }
         let payload_len = entries.header(index)?.ring_ent_in_out.payload_sz as usize;
-        let iovecs = entries.hand_to_kernel(index)?;
-        entries.forget_request(index);
+        let (iovecs, fetch) = hand_to_fake(entries, index)?;
         // SAFETY: `iovecs` points to the entry's iovec pair in the entries'
         // shared memory, alive and not written by anyone while we read it.
         let [header, payload] = unsafe { *iovecs };
@@ -126,9 +136,6 @@ impl EntryDevice {
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(user_data(KIND_FAKE_REPLY, index));
-        let fetch = opcode::Readv::new(DEVICE, iovecs.cast(), 2)
-            .build()
-            .user_data(user_data(KIND_ENTRY, index));
         // SAFETY: the reply iovecs live in this device, part of the queue's
         // guarded memory, and point into the entry's buffers (as do the
         // fetch's): none is freed before both completions are reaped, and
