@@ -80,17 +80,34 @@ struct Probe {
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        if rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::NOFOLLOW).is_ok() {
-            // The connection ended: registered entries complete (ENOTCONN).
-            let deadline = Instant::now() + TIMEOUT;
-            while self.rings.iter().any(|r| r.entries().in_kernel_count() > 0)
-                && Instant::now() < deadline
+        // The unmount runs on another thread while this one, which owns the
+        // rings, keeps reaping and answering: a late request (the RELEASE
+        // after a client's close) may still be handed to one of these
+        // entries, and with DEFER_TASKRUN that delivery only happens when
+        // this thread waits on its ring. Blocked in umount(2) itself, it
+        // would never wait again, and the kernel's unmount would wait for
+        // that request for good (an unkillable hang, seen on 6.18).
+        let mountpoint = self.mountpoint.clone();
+        let unmounter = std::thread::spawn(move || {
+            rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::NOFOLLOW)
+        });
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline
+            && (!unmounter.is_finished()
+                || self.rings.iter().any(|r| r.entries().in_kernel_count() > 0))
+        {
+            if let Some((qid, RingEvent::Delivered(entry))) =
+                self.next_event(Duration::from_millis(10))
             {
-                for ring in &mut self.rings {
-                    let _ = ring.wait(Duration::from_millis(10));
-                    ring.reap(|_| {});
-                }
+                self.answer_late(qid, entry);
             }
+        }
+        if !unmounter.is_finished() {
+            eprintln!(
+                "{}: unmounting {} did not finish in {TIMEOUT:?}",
+                self.test,
+                self.mountpoint.display()
+            );
         }
         self.rings.clear();
         self.device = None;
@@ -254,6 +271,21 @@ impl Probe {
         match self.next_event(TIMEOUT) {
             Some((qid, RingEvent::Delivered(entry))) => (qid, entry),
             other => panic!("{}: expected a delivery, got {other:?}", self.test),
+        }
+    }
+
+    /// Answers a request that arrives while the probe ends (RELEASE, FLUSH)
+    /// with an empty reply, without panicking: this runs in `Drop`, maybe
+    /// while a failed test unwinds, and the connection may be going away
+    /// (a refused commit is then expected).
+    fn answer_late(&mut self, qid: usize, entry: usize) {
+        let ring = &mut self.rings[qid];
+        let Ok(delivered) = ring.delivered(entry) else {
+            return;
+        };
+        let reply = Reply::empty(delivered.header.unique);
+        if ring.write_reply(entry, reply.as_bytes()).is_ok() && ring.commit(entry).is_ok() {
+            let _ = ring.submit();
         }
     }
 
