@@ -83,10 +83,15 @@ pub fn terminate(pid: u32) -> Result<(), String> {
         .map_err(|err| format!("kill -TERM {}: {err}", pid.as_raw_nonzero()))
 }
 
-/// `sync; echo 3 > /proc/sys/vm/drop_caches`: every run starts with no dirty
-/// data from the previous one and a cold page cache.
-pub fn drop_caches() -> Result<(), String> {
-    rustix::fs::sync();
+/// `syncfs` of the filesystem that holds `image`, then `echo 3 >
+/// /proc/sys/vm/drop_caches`: every run starts with no dirty data from the
+/// previous one (it all lives there: the image, and through it the ext4
+/// workloads' loop devices) and a cold page cache. Not sync(2): one stuck
+/// filesystem elsewhere on the machine (a FUSE mount whose server hangs)
+/// would stall the lab for good.
+pub fn drop_caches(image: &Path) -> Result<(), String> {
+    let file = fs::File::open(image).map_err(|err| format!("open {}: {err}", image.display()))?;
+    rustix::fs::syncfs(&file).map_err(|err| format!("syncfs {}: {err}", image.display()))?;
     fs::write("/proc/sys/vm/drop_caches", "3")
         .map_err(|err| format!("cannot drop caches (/proc/sys/vm/drop_caches): {err}"))
 }

@@ -161,7 +161,7 @@ impl<'a> Runner<'a> {
         let (name, command, owns_mountpoint) = match target {
             Target::Plain => {
                 let prepared = workload::prepare(workload, &ws.image, ws.image_size, client)?;
-                host::drop_caches()?;
+                host::drop_caches(&ws.image)?;
                 return Ok((prepared.run()?, None, String::new()));
             }
             Target::FuseExport(options) => {
@@ -192,7 +192,7 @@ impl<'a> Runner<'a> {
         // Declared after the server, so dropped (unmounted, detached)
         // before it, on errors too.
         let prepared = workload::prepare(workload, &ws.mountpoint, ws.image_size, client)?;
-        host::drop_caches()?;
+        host::drop_caches(&ws.image)?;
         let cpu_before = host::cpu_seconds(pid);
         let (result, max_threads) = target::most_threads_during(pid, || prepared.run());
         let cpu_after = host::cpu_seconds(pid);
