@@ -68,11 +68,8 @@ fn a_loop_device_is_exported_as_a_regular_file_of_its_size() {
         let (device, _) = random_loop_device(&dir, 1, &["--sector-size", sector]);
         let mount = dir.join("export.img");
         let server = Server::export_sized(&dir, device.path(), DEVICE_SIZE, &mount, &[]);
-        let log = server.stderr();
-        assert!(
-            log.contains(&format!("{sector}-byte alignment, block device")),
-            "the server names the device's alignment {sector}:\n{log}"
-        );
+        // The server names the device's alignment.
+        server.wait_for_log(&format!("{sector}-byte alignment, block device"));
         let meta = fs::metadata(&mount).expect("stat the export");
         assert!(meta.is_file(), "the export of a device is a regular file");
         assert_eq!(meta.len(), device_size(device.path()));

@@ -20,20 +20,6 @@ fn enable_uring_or_skip() -> Option<fuse_dev::uring::EnableUringGuard> {
         .ok()
 }
 
-#[track_caller]
-fn assert_logged(server: &Server<'_>, text: &str) {
-    if poll_until(READY_TIMEOUT, || {
-        server.stderr().contains(text).then_some(())
-    })
-    .is_none()
-    {
-        panic!(
-            "the server did not log {text:?}; its log:\n{}",
-            server.stderr()
-        );
-    }
-}
-
 /// `--transport auto` with the kernel offering FUSE-over-io_uring serves
 /// through it: one ring queue per possible CPU, named in the startup line,
 /// and data goes through the ring entries both ways.
@@ -60,7 +46,7 @@ fn auto_serves_over_io_uring_when_the_kernel_offers_it() {
         "FUSE-over-io_uring, {queues} ring {} of 4 entries each",
         if queues == 1 { "queue" } else { "queues" }
     );
-    assert_logged(&server, &described);
+    server.wait_for_log(&described);
     // Unaligned and aligned writes and reads through the export, compared
     // with the image afterwards.
     let file = OpenOptions::new()
@@ -107,7 +93,7 @@ fn the_startup_line_names_the_readv_transport_and_its_queues() {
             "2",
         ],
     );
-    assert_logged(&server, "; readv, 3 queues with 2 posted reads each");
+    server.wait_for_log("; readv, 3 queues with 2 posted reads each");
     server.stop();
 }
 

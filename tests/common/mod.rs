@@ -837,6 +837,24 @@ impl<'dir> Server<'dir> {
             .unwrap_or_else(|err| format!("<cannot read {}: {err}>", self.log.display()))
     }
 
+    /// Waits (up to [`READY_TIMEOUT`]) until the server's log contains
+    /// `text` and returns the log; fails the test otherwise. A line the
+    /// server logs around the time it becomes ready (the startup line) may
+    /// reach the log just after a client could use the mount.
+    #[track_caller]
+    pub fn wait_for_log(&self, text: &str) -> String {
+        poll_until(READY_TIMEOUT, || {
+            let log = self.stderr();
+            log.contains(text).then_some(log)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the server did not log {text:?}; its log:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
     /// The server's resident memory (`VmRSS`) in KiB, while it runs.
     pub fn resident_kib(&self) -> Option<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
