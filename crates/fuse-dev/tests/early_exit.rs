@@ -256,6 +256,8 @@ struct Seen {
     requests: Vec<(usize, u64)>,
     /// (queue, start address of the buffer) of every backing read submitted.
     read_buffers: Vec<(usize, usize)>,
+    /// (queue, thread id) of each queue's thread (handlers are built on it).
+    threads: Vec<(usize, i32)>,
 }
 
 /// Serves GETATTR (empty reply), READ (from the pipe named in the offset),
@@ -271,6 +273,8 @@ struct Probe {
 
 impl Probe {
     fn new(context: &QueueContext, seen: &Arc<Mutex<Seen>>) -> Probe {
+        let thread = rustix::thread::gettid().as_raw_nonzero().get();
+        seen.lock().unwrap().threads.push((context.index, thread));
         Probe {
             queue: context.index,
             seen: seen.clone(),
@@ -392,6 +396,36 @@ impl TwoQueues {
         uniques
     }
 
+    /// Waits until queue `queue`'s thread sleeps in `io_uring_enter(2)`: it
+    /// has submitted what it had queued and passed the fault checks made
+    /// before entering the kernel, so what it does next starts with a
+    /// completion.
+    fn wait_until_queue_sleeps_in_the_kernel(&self, queue: usize) {
+        const IO_URING_ENTER: &str = "426";
+        let thread = self
+            .seen
+            .lock()
+            .unwrap()
+            .threads
+            .iter()
+            .find(|(q, _)| *q == queue)
+            .map(|(_, tid)| *tid)
+            .expect("the queue's handler was built");
+        let path = format!("/proc/self/task/{thread}/syscall");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let syscall = std::fs::read_to_string(&path).unwrap_or_default();
+            if syscall.split_whitespace().next() == Some(IO_URING_ENTER) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {queue} never waited in io_uring_enter: {path} says {syscall:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Queue 1 was stopped by queue 0's end: its READ completes with what
     /// the test feeds, then it ends cleanly; `shutdown` reports queue 0's error.
     fn other_queue_drains_and_shutdown_fails(&mut self, read_on_1: u64) -> std::io::Error {
@@ -496,6 +530,10 @@ fn failing_device_read_answers_and_drains() {
 fn failing_submit_leaks_what_the_kernel_may_touch() {
     let mut test = TwoQueues::start();
     let [read_on_0, read_on_1] = test.reads_in_flight();
+    // Only once queue 0 waits in the kernel (its READ submitted) may its
+    // submits fail: otherwise it could end before it read the GETATTR below,
+    // which would then never be answered.
+    test.wait_until_queue_sleeps_in_the_kernel(0);
     test.faults.fail_submits();
     // Wakes the loop: the reply to this GETATTR cannot be submitted.
     let getattr = test.devices[0].getattr();
