@@ -102,13 +102,20 @@ impl Holder {
     }
 }
 
-/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks after boot).
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks after boot),
+/// or `None` if there is no such process or it has exited: a zombie (state
+/// `Z`, or `X` while it is being reaped) can no longer use the switch, and
+/// one whose last thread is stuck in the kernel may stay a zombie for good,
+/// which must not keep the switch on for good.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is parenthesised and may contain anything,
     // so count fields after its closing parenthesis: that is field 3.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X") {
+        return None;
+    }
+    fields.nth(22 - 4)?.parse().ok()
 }
 
 /// The shared record: the value to restore, and one line per live guard.
@@ -336,6 +343,31 @@ mod tests {
             Err(GuardError::Missing)
         ));
         assert_eq!(read_param(&scratch.param()), ParamState::Missing);
+    }
+
+    #[test]
+    fn an_exited_unreaped_holder_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let holder = Holder {
+            pid: child.id(),
+            start_time: start_time(child.id()).expect("the child runs"),
+        };
+        assert!(holder.is_alive());
+        // Not reaped yet: the child stays a zombie until `wait`.
+        let stat = format!("/proc/{}/stat", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z ")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!holder.is_alive(), "a zombie holds the switch");
+        child.wait().unwrap();
     }
 
     #[test]
