@@ -172,6 +172,25 @@ impl<S> KernelMemory for UringMemory<S> {
     }
 }
 
+impl<S> UringMemory<S> {
+    /// The job table and the transport that sends its replies through this
+    /// queue's entries, borrowed together: a `QueueIo` needs both.
+    fn job_io_parts<'a>(
+        &'a mut self,
+        ring: &'a mut EntryRing,
+        qid: u16,
+    ) -> (&'a mut JobTable<S>, RingReplies<'a>) {
+        let replies = RingReplies {
+            ring,
+            entries: &mut self.entries,
+            device: &mut self.device,
+            deferred: &mut self.deferred,
+            qid,
+        };
+        (&mut self.jobs, replies)
+    }
+}
+
 /// The ring transport's half of the job table's seam.
 struct RingReplies<'r> {
     ring: &'r mut EntryRing,
@@ -419,14 +438,8 @@ impl UringLoop {
             if (self.stopping || self.disconnected) && memory.jobs.any_held_by_handler() {
                 // Jobs still held by the handler (waiting for locks) get a
                 // chance to move on.
-                let mut transport = RingReplies {
-                    ring,
-                    entries: &mut memory.entries,
-                    device: &mut memory.device,
-                    deferred: &mut memory.deferred,
-                    qid: self.qid,
-                };
-                handler.wake(&mut QueueIo::new(&mut memory.jobs, pool, &mut transport));
+                let (jobs, mut transport) = memory.job_io_parts(ring, self.qid);
+                handler.wake(&mut QueueIo::new(jobs, pool, &mut transport));
             }
         }
     }
@@ -482,14 +495,8 @@ impl UringLoop {
         let (kind, index) = split_user_data(data);
         match kind {
             KIND_JOB => {
-                let mut transport = RingReplies {
-                    ring,
-                    entries: &mut memory.entries,
-                    device: &mut memory.device,
-                    deferred: &mut memory.deferred,
-                    qid: self.qid,
-                };
-                let mut io = QueueIo::new(&mut memory.jobs, pool, &mut transport);
+                let (jobs, mut transport) = memory.job_io_parts(ring, self.qid);
+                let mut io = QueueIo::new(jobs, pool, &mut transport);
                 job_done(&mut io, handler, index, result);
             }
             KIND_WAKE => {
@@ -497,14 +504,8 @@ impl UringLoop {
                 if self.stop.load(Ordering::Acquire) && !self.stopping {
                     self.stopping = true;
                 }
-                let mut transport = RingReplies {
-                    ring,
-                    entries: &mut memory.entries,
-                    device: &mut memory.device,
-                    deferred: &mut memory.deferred,
-                    qid: self.qid,
-                };
-                handler.wake(&mut QueueIo::new(&mut memory.jobs, pool, &mut transport));
+                let (jobs, mut transport) = memory.job_io_parts(ring, self.qid);
+                handler.wake(&mut QueueIo::new(jobs, pool, &mut transport));
             }
             _ => match memory.device.sort(&mut memory.entries, data, result) {
                 None => {}
@@ -567,14 +568,8 @@ impl UringLoop {
         let len = header.len as usize;
         let lease = memory.entries.lend(entry).map_err(RingError::from)?;
         let incoming = Incoming::from_ring(head, head_len, lease, payload_len, len);
-        let mut transport = RingReplies {
-            ring,
-            entries: &mut memory.entries,
-            device: &mut memory.device,
-            deferred: &mut memory.deferred,
-            qid: self.qid,
-        };
-        let mut io = QueueIo::new(&mut memory.jobs, pool, &mut transport);
+        let (jobs, mut transport) = memory.job_io_parts(ring, self.qid);
+        let mut io = QueueIo::new(jobs, pool, &mut transport);
         dispatch(&mut io, handler, incoming);
         Ok(())
     }
