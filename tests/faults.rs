@@ -1009,8 +1009,24 @@ fn a_fusermount3_mount_keeps_other_users_and_root_out() {
         &read_file(&image),
     );
 
-    let mut server = Server::spawn_as_user(&dir, owner.ids(), &server_args, &mount);
+    // kill -9 only once the server is past its own start-up stats of the
+    // export (the pidfile comes after them): a server killed while one of
+    // its threads waits for its own mount's answer cannot finish exiting
+    // (the thread waits in the kernel for a reply no thread is left to
+    // send, and the connection ends only when the process's files go),
+    // which only a fusectl abort ends. See the closing note of this phase.
+    let pidfile = home.join("server.pid");
+    let mut killed_args = server_args.clone();
+    killed_args.extend(["--pidfile".into(), pidfile.clone().into()]);
+    let mut server = Server::spawn_as_user(&dir, owner.ids(), &killed_args, &mount);
     wait_until_served_to(&owner, &mut server, &mount, 4 * MIB);
+    let published = poll_until(READY_TIMEOUT, || pidfile.exists().then_some(()));
+    assert!(
+        published.is_some(),
+        "no pidfile {}; log:\n{}",
+        pidfile.display(),
+        server.stderr()
+    );
     server.kill_9();
     let gone = poll_until(STOP_TIMEOUT, || (!is_mounted(&mount)).then_some(()));
     assert!(
