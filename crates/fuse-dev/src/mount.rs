@@ -308,6 +308,17 @@ impl Mount {
         Ok(gone)
     }
 
+    /// Stats `path` (the export, on this mount) so that the kernel learns
+    /// its size: from the watcher process where there is one (see
+    /// [`crate::watcher`] for why never from a server thread), else from
+    /// this thread.
+    pub fn stat_export(&mut self, path: &Path) -> io::Result<()> {
+        match &mut self.watcher {
+            Some(watcher) => watcher.stat(path),
+            None => rustix::fs::stat(path).map(drop).map_err(io::Error::from),
+        }
+    }
+
     /// Unmounts. A mount that is already gone (external `umount`) is fine;
     /// a busy one (a client still has the file open) is detached lazily.
     /// Then the watcher stands down (or, if unmounting failed, is left to

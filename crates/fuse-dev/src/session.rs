@@ -98,7 +98,8 @@ impl Session {
 
     /// Starts `queues` queue threads (queue 0 on the mount's fd, the others on
     /// clones), each with a handler built by `factory`, then stats the file
-    /// so the kernel knows its size before any client asks.
+    /// so the kernel knows its size before any client asks (see
+    /// [`Running::export_answered`] for how that went).
     pub fn start<H, F>(
         self,
         queues: usize,
@@ -122,12 +123,13 @@ impl Session {
             fds.push(clone_device(&device)?);
         }
         fds.insert(0, device);
-        let running = Running {
+        let mut running = Running {
             queues: serve_fds(fds, config, backing, factory)?,
             mount,
             rings: None,
+            export_stat: None,
         };
-        stat_after_start(&stat_path);
+        running.stat_after_start(&stat_path);
         Ok(running)
     }
 }
@@ -197,7 +199,7 @@ impl Session {
             waker: wakers[ring_queues].clone(),
             stop: stop.clone(),
         }));
-        let running = Running {
+        let mut running = Running {
             queues: spawn_queues(runs, wakers, stop, factory)?,
             mount,
             rings: Some(RingShutdown {
@@ -205,18 +207,10 @@ impl Session {
                 queues: ring_queues,
                 ending,
             }),
+            export_stat: None,
         };
-        stat_after_start(&stat_path);
+        running.stat_after_start(&stat_path);
         Ok(running)
-    }
-}
-
-/// The kernel keeps i_size at 0 until a GETATTR; until then O_DIRECT AIO
-/// reads see EOF. A stat from the starting thread (not a queue thread)
-/// fixes that once the queues serve.
-fn stat_after_start(stat_path: &Path) {
-    if let Err(err) = rustix::fs::stat(stat_path) {
-        log::warn!("stat {} after mount failed: {err}", stat_path.display());
     }
 }
 
@@ -556,6 +550,8 @@ pub struct Running {
     mount: Mount,
     /// With FUSE-over-io_uring: how its ring queues are brought to an end.
     rings: Option<RingShutdown>,
+    /// Why the stat after start failed, if it did.
+    export_stat: Option<io::Error>,
 }
 
 /// The ring queues' side of an orderly end (see [`Running::shutdown`]).
@@ -583,6 +579,27 @@ impl Running {
         self.mount.mountpoint()
     }
 
+    /// The kernel keeps i_size at 0 until a GETATTR; until then O_DIRECT
+    /// AIO reads see EOF. So once the queues serve, the file is stat'ed
+    /// (from the mount's watcher process where it has one, see
+    /// [`Mount::stat_export`]).
+    fn stat_after_start(&mut self, stat_path: &Path) {
+        self.export_stat =
+            self.mount.stat_export(stat_path).err().map(|err| {
+                io::Error::new(err.kind(), format!("stat {}: {err}", stat_path.display()))
+            });
+    }
+
+    /// Whether the export answered the stat made when the queues started:
+    /// an export that did not cannot be used, and nobody should be told it
+    /// is ready.
+    pub fn export_answered(&self) -> io::Result<()> {
+        match &self.export_stat {
+            None => Ok(()),
+            Some(err) => Err(io::Error::new(err.kind(), err.to_string())),
+        }
+    }
+
     /// Stops the queues, waits for them to finish every request in flight,
     /// then unmounts. Returns each queue's report, or the first error.
     ///
@@ -597,6 +614,7 @@ impl Running {
             queues,
             mut mount,
             rings,
+            ..
         } = self;
         if let Some(rings) = rings {
             queues.stopper.stop();

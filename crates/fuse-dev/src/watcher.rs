@@ -22,14 +22,26 @@
 //! kernel tears a dead server's io_uring rings down asynchronously, tens of
 //! milliseconds after the process is gone, and until then the connection is
 //! still up (measured: it left the mount behind after kill -9).
+//!
+//! The watcher also makes the server's own stat of the export
+//! ([`Watcher::stat`]): the kernel learns the file's size only from a
+//! GETATTR, so the export is stat'ed once its queues serve. A stat from a
+//! thread of the server itself can make the server unkillable: once a
+//! queue thread has read that GETATTR, the stat waits for its answer
+//! uninterruptibly, so a kill -9 at that moment ends every other thread
+//! but not that one, the process's `/dev/fuse` fds are never closed, and
+//! the connection (which only their release would end) never answers it
+//! (seen in a test: a server stuck for good in `request_wait_answer`). From
+//! the watcher, a server that dies mid-stat exits at once; its fds close,
+//! the connection ends, and the watcher's stat returns ENOTCONN.
 
 use std::ffi::{CString, OsString};
-use std::io::{self, Read as _, Write as _};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::io::{self, Read, Write as _};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
@@ -44,8 +56,15 @@ pub const WATCHER_ARG: &str = "--internal-unmount-watcher";
 const DISARM: u8 = b'D';
 /// Sent by the watcher once it waits for the server.
 const READY: u8 = b'R';
+/// Asks the watcher to stat a path: this byte, the path's length in bytes
+/// as a little-endian `u32`, the path. The watcher answers with the stat's
+/// errno as a little-endian `i32`, 0 for success.
+const STAT: u8 = b'S';
 /// How long the server waits for the watcher to report.
 const READY_TIMEOUT_SECS: i64 = 10;
+/// How long the server waits for the answer to a stat of its own export,
+/// which its queues answer in microseconds when they work at all.
+const STAT_TIMEOUT_SECS: i64 = 30;
 
 /// The watcher of one mount, seen from the server.
 #[derive(Debug)]
@@ -53,6 +72,11 @@ pub(crate) struct Watcher {
     child: Child,
     /// The write end of the watcher's stdin.
     control: OwnedFd,
+    /// The read end of the watcher's stdout: its answers.
+    answers: ChildStdout,
+    /// A stat went unanswered: the watcher may be waiting for the kernel
+    /// until the connection ends, so nobody may wait for the watcher.
+    stat_unanswered: bool,
 }
 
 impl Watcher {
@@ -88,7 +112,12 @@ impl Watcher {
                 io::Error::new(err.kind(), format!("starting the unmount watcher: {err}"))
             })?;
         match wait_until_ready(&mut child) {
-            Ok(()) => Ok(Watcher { child, control }),
+            Ok(answers) => Ok(Watcher {
+                child,
+                control,
+                answers,
+                stat_unanswered: false,
+            }),
             Err(err) => {
                 // We started it; it is not a watcher that could clean up.
                 let _ = child.kill();
@@ -108,49 +137,111 @@ impl Watcher {
     /// server's own unmount worked (or the mount was already gone), so the
     /// watcher just exits; otherwise it is released as if the server had
     /// died, and detaches the mount if it is still there. Waits for it.
+    ///
+    /// A watcher whose stat went unanswered is not waited for: it may be
+    /// waiting for the kernel until this process's `/dev/fuse` fds close.
+    /// It then finds its stdin closed and the mount gone, and exits.
     pub(crate) fn finish(self, unmounted: bool) {
-        let Watcher { mut child, control } = self;
+        let Watcher {
+            mut child,
+            control,
+            stat_unanswered,
+            ..
+        } = self;
         if unmounted {
             let _ = rustix::io::write(&control, &[DISARM]);
         }
         drop(control);
+        if stat_unanswered {
+            log::warn!("not waiting for the unmount watcher: its stat of the export is unanswered");
+            return;
+        }
         if let Err(err) = child.wait() {
             log::warn!("waiting for the unmount watcher: {err}");
         }
     }
+
+    /// Stats `path` from the watcher process (see the module doc for why
+    /// not from this one): Ok once the kernel answered it.
+    pub(crate) fn stat(&mut self, path: &Path) -> io::Result<()> {
+        if self.stat_unanswered {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "an earlier stat is still unanswered",
+            ));
+        }
+        let path = std::path::absolute(path)?;
+        let bytes = path.as_os_str().as_bytes();
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path too long"))?;
+        let mut request = Vec::with_capacity(5 + bytes.len());
+        request.push(STAT);
+        request.extend_from_slice(&len.to_le_bytes());
+        request.extend_from_slice(bytes);
+        let mut control = std::fs::File::from(self.control.try_clone()?);
+        control.write_all(&request)?;
+        self.stat_unanswered = true;
+        let mut errno = [0u8; 4];
+        read_answer(&mut self.answers, &mut errno, STAT_TIMEOUT_SECS)?;
+        self.stat_unanswered = false;
+        match i32::from_le_bytes(errno) {
+            0 => Ok(()),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
 }
 
-fn wait_until_ready(child: &mut Child) -> io::Result<()> {
+/// Waits for the watcher's READY byte; returns the pipe its answers come on.
+fn wait_until_ready(child: &mut Child) -> io::Result<ChildStdout> {
     let mut stdout = child
         .stdout
         .take()
         .ok_or_else(|| io::Error::other("no pipe from the watcher"))?;
+    let mut byte = [0u8; 1];
+    read_answer(&mut stdout, &mut byte, READY_TIMEOUT_SECS)?;
+    if byte[0] != READY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it reported {:#04x} instead of ready", byte[0]),
+        ));
+    }
+    Ok(stdout)
+}
+
+/// Fills `answer` from the watcher's stdout, waiting at most `timeout_secs`
+/// for each part of it.
+fn read_answer(stdout: &mut ChildStdout, answer: &mut [u8], timeout_secs: i64) -> io::Result<()> {
     let timeout = Timespec {
-        tv_sec: READY_TIMEOUT_SECS,
+        tv_sec: timeout_secs,
         tv_nsec: 0,
     };
-    let mut poll = [PollFd::new(&stdout, PollFlags::IN)];
-    loop {
+    let mut filled = 0;
+    while filled < answer.len() {
+        let mut poll = [PollFd::new(&*stdout, PollFlags::IN)];
         match rustix::event::poll(&mut poll, Some(&timeout)) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("no answer within {READY_TIMEOUT_SECS} s"),
+                    format!("no answer from the watcher within {timeout_secs} s"),
                 ));
             }
-            Ok(_) => break,
+            Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
             Err(err) => return Err(err.into()),
         }
+        match stdout.read(&mut answer[filled..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the watcher exited without answering",
+                ));
+            }
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
     }
-    let mut byte = [0u8; 1];
-    match stdout.read(&mut byte)? {
-        1 if byte[0] == READY => Ok(()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "it exited without reporting",
-        )),
-    }
+    Ok(())
 }
 
 /// If this process was started as a watcher (first argument
@@ -221,7 +312,7 @@ fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
     let mut stdout = io::stdout();
     // If this fails the server is already gone, which the read below sees.
     let _ = stdout.write_all(&[READY]).and_then(|()| stdout.flush());
-    if server_disarmed() {
+    if serve_until_released() {
         return ExitCode::SUCCESS;
     }
     match detach_if_still_ours(&watched) {
@@ -252,19 +343,44 @@ fn run_watcher(name: &str, args: Vec<OsString>) -> ExitCode {
     }
 }
 
-/// Blocks until the server disarms us (`true`) or is gone (`false`).
-fn server_disarmed() -> bool {
-    let stdin = io::stdin();
-    let fd = stdin.as_fd();
-    let mut byte = [0u8; 1];
+/// Answers the server's stat requests until it disarms us (`true`) or is
+/// gone (`false`; also for anything that is not a request).
+fn serve_until_released() -> bool {
+    let mut stdin = io::stdin().lock();
+    let mut stdout = io::stdout();
     loop {
-        match rustix::io::read(fd, &mut byte) {
-            Ok(0) => return false,
-            Ok(_) => return byte[0] == DISARM,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return false,
+        let mut byte = [0u8; 1];
+        if stdin.read_exact(&mut byte).is_err() {
+            return false;
+        }
+        match byte[0] {
+            DISARM => return true,
+            STAT => {
+                let Some(path) = read_stat_request(&mut stdin) else {
+                    return false;
+                };
+                let errno = match rustix::fs::stat(&path) {
+                    Ok(_) => 0,
+                    Err(err) => err.raw_os_error(),
+                };
+                // A server gone meanwhile shows as end-of-file next.
+                let _ = stdout
+                    .write_all(&errno.to_le_bytes())
+                    .and_then(|()| stdout.flush());
+            }
+            _ => return false,
         }
     }
+}
+
+/// The path of a stat request, after its [`STAT`] byte.
+fn read_stat_request(stdin: &mut impl Read) -> Option<PathBuf> {
+    let mut len = [0u8; 4];
+    stdin.read_exact(&mut len).ok()?;
+    let mut path = vec![0u8; usize::try_from(u32::from_le_bytes(len)).ok()?];
+    stdin.read_exact(&mut path).ok()?;
+    let path = PathBuf::from(std::ffi::OsString::from_vec(path));
+    path.is_absolute().then_some(path)
 }
 
 enum Detach {

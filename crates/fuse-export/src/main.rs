@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image, Locking};
 use clap::{Parser, ValueEnum};
 use fuse_dev::uring::ParamState;
-use fuse_dev::{InitRequest, MountOptions, QueueConfig, Session, SpillLayout};
+use fuse_dev::{InitRequest, MountOptions, QueueConfig, Running, Session, SpillLayout};
 use readiness::PidFile;
 
 /// The examples at the end of `--help` (the README has more).
@@ -556,7 +556,7 @@ fn run(args: Args) -> Result<(), Failure> {
         image.path().display(),
         exported_file.display()
     );
-    let startup_failure = announce_ready(&exported_file, pidfile.as_mut(), &status).err();
+    let startup_failure = announce_ready(&running, pidfile.as_mut(), &status).err();
     if startup_failure.is_none() {
         crossbeam_channel::select! {
             recv(signal_rx) -> signal => {
@@ -593,21 +593,17 @@ fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Checks that the export answers (a stat of the exported file), then
+/// Checks that the export answered its stat after start (made from the
+/// unmount watcher, never from this process: see fuse_dev::watcher), then
 /// publishes the pidfile and tells the service manager.
 fn announce_ready(
-    exported_file: &Path,
+    running: &Running,
     pidfile: Option<&mut PidFile>,
     status: &str,
 ) -> Result<(), Failure> {
-    // Session::start's own stat only logs a failure; one that fails here
-    // means the export cannot be used, so nobody is told it can.
-    std::fs::metadata(exported_file).map_err(|err| {
-        Failure::runtime(format!(
-            "the export does not answer: stat {}: {err}",
-            exported_file.display()
-        ))
-    })?;
+    running
+        .export_answered()
+        .map_err(|err| Failure::runtime(format!("the export does not answer: {err}")))?;
     if let Some(pidfile) = pidfile {
         pidfile.publish().map_err(|err| {
             Failure::runtime(format!(
