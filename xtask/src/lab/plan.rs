@@ -761,7 +761,14 @@ impl Plan {
                 continue;
             }
             for variant in variants {
-                let target = Target::FuseExport(variant.clone().with(knob, &value));
+                // The queue depth is the FUSE-over-io_uring ring's: swept on
+                // readv it would only repeat the same server.
+                let variant = if knob == QUEUE_DEPTH {
+                    variant.clone().with(TRANSPORT, "uring")
+                } else {
+                    variant.clone()
+                };
+                let target = Target::FuseExport(variant.with(knob, &value));
                 if !targets.contains(&target) {
                     targets.push(target);
                 }
@@ -980,7 +987,7 @@ mod tests {
             "matrix/ext4-fio-randwrite-4k-qd32-io_uring/plain",
             "matrix/ext4-fio-randread-4k-qd32-io_uring/qsd",
             "knob-transport/fio-randread-4k-qd32-io_uring/fuse-export[transport=uring]",
-            "knob-queue_depth/fio-read-1M-qd16-io_uring/fuse-export[queue_depth=128]",
+            "knob-queue_depth/fio-read-1M-qd16-io_uring/fuse-export[transport=uring,queue_depth=128]",
             "knob-queues/fio-randread-4k-qd32-io_uring/fuse-export[queues=4]",
             "knob-o_direct_opens/convert-direct/fuse-export[o_direct=parallel-chunks]",
             "knob-o_direct_opens/fio-randwrite-4k-qd32-io_uring/fuse-export[o_direct=parallel-writers]",
