@@ -20,11 +20,37 @@ fn enable_uring_or_skip() -> Option<fuse_dev::uring::EnableUringGuard> {
         .ok()
 }
 
-/// `--transport auto` with the kernel offering FUSE-over-io_uring serves
-/// through it: one ring queue per possible CPU, named in the startup line,
-/// and data goes through the ring entries both ways.
+/// `--transport auto` serves with readv even where the kernel offers
+/// FUSE-over-io_uring (the lab's pick, see docs/performance.md), and says
+/// so in one info line.
 #[test]
-fn auto_serves_over_io_uring_when_the_kernel_offers_it() {
+fn auto_serves_with_readv_even_where_the_kernel_offers_uring() {
+    if !skip_unless_fuse() {
+        return;
+    }
+    let Some(_uring) = enable_uring_or_skip() else {
+        return;
+    };
+    let dir = TestDir::new("auto-readv");
+    let image = dir.join("disk.raw");
+    let mount = dir.join("disk.img");
+    create_sparse_file(&image, 4 * MIB);
+    let server = Server::export(&dir, &image, &mount, &["--transport", "auto"]);
+    server.wait_for_log("; readv, ");
+    let log = server.stderr();
+    assert!(
+        log.contains("--transport auto serves with readv, also where the kernel offers"),
+        "the choice is explained; log:\n{log}"
+    );
+    assert!(!log.contains("FUSE-over-io_uring, "), "{log}");
+    server.stop();
+}
+
+/// `--transport uring` serves through one ring queue per possible CPU,
+/// named in the startup line, and data goes through the ring entries both
+/// ways.
+#[test]
+fn uring_serves_through_a_ring_queue_per_cpu() {
     if !skip_unless_fuse() {
         return;
     }
@@ -32,7 +58,7 @@ fn auto_serves_over_io_uring_when_the_kernel_offers_it() {
         return;
     };
     let queues = fuse_dev::uring::cpus::possible_cpus().expect("possible CPUs");
-    let dir = TestDir::new("auto-uring");
+    let dir = TestDir::new("uring-queues");
     let image = dir.join("disk.raw");
     let mount = dir.join("disk.img");
     create_random_file(&image, 0xa070, 16 * MIB);
@@ -40,7 +66,7 @@ fn auto_serves_over_io_uring_when_the_kernel_offers_it() {
         &dir,
         &image,
         &mount,
-        &["--transport", "auto", "--queue-depth", "4"],
+        &["--transport", "uring", "--queue-depth", "4"],
     );
     let described = format!(
         "FUSE-over-io_uring, {queues} ring {} of 4 entries each",

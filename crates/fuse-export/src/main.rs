@@ -58,8 +58,8 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_max_write)]
     max_write: usize,
 
-    /// How requests reach this server: `auto` (FUSE-over-io_uring where the
-    /// kernel offers it, else readv), `uring` (FUSE-over-io_uring: one ring
+    /// How requests reach this server: `auto` (readv, the lab's pick: see
+    /// docs/performance.md), `uring` (FUSE-over-io_uring: one ring
     /// queue per CPU; needs /sys/module/fuse/parameters/enable_uring set to
     /// Y by the admin), `readv` (io_uring READV on /dev/fuse with spill-over
     /// buffers) or `passthrough` (the kernel does READ and WRITE on the image
@@ -128,7 +128,8 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
-    /// FUSE-over-io_uring where the kernel offers it, otherwise readv.
+    /// The transport the lab measured best overall: readv (FUSE-over-io_uring
+    /// is faster at queue depths 1-4 but slower from 16 on).
     Auto,
     /// FUSE-over-io_uring (IORING_OP_URING_CMD, so also accepted as
     /// uring-cmd): ring entries per CPU; this server does the image I/O.
@@ -365,8 +366,9 @@ fn run(args: Args) -> Result<(), Failure> {
                 .map_err(|why| Failure::usage(format!("--transport uring: {why}")))?;
             true
         }
-        Transport::Auto => fuse_dev::uring::param_state() == ParamState::On,
-        Transport::Readv | Transport::Passthrough => false,
+        // The lab's pick (docs/performance.md): readv, also where the
+        // kernel offers FUSE-over-io_uring, so uring is not asked for.
+        Transport::Auto | Transport::Readv | Transport::Passthrough => false,
     };
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let directory_entry = match &mountpoint {
@@ -435,14 +437,15 @@ fn run(args: Args) -> Result<(), Failure> {
             )));
         }
         Transport::Uring => true,
-        Transport::Auto if negotiated.uring_granted() => true,
         Transport::Auto => {
-            let why = uring_offered(fuse_dev::uring::param_state())
-                .err()
-                .unwrap_or_else(|| {
-                    "the kernel did not offer FUSE-over-io_uring at INIT".to_string()
-                });
-            log::info!("serving with readv, since {why}");
+            if fuse_dev::uring::param_state() == ParamState::On {
+                log::info!(
+                    "--transport auto serves with readv, also where the kernel offers \
+                     FUSE-over-io_uring: in the lab uring was faster only at queue depths of 1 to \
+                     4 and slower from 16 on (docs/performance.md); --transport uring serves \
+                     with it"
+                );
+            }
             false
         }
         Transport::Readv | Transport::Passthrough => false,
