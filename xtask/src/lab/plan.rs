@@ -317,6 +317,10 @@ pub struct Knob {
     quick_values: &'static [&'static str],
     /// The workloads that show its effect; `--quick` runs the first.
     workloads: &'static [Preset],
+    /// The one transport the option acts on, if it acts on one only: the
+    /// sweep runs every fuse-export variant with that transport, since on
+    /// another it would repeat one server under several labels.
+    transport: Option<&'static str>,
 }
 
 impl Knob {
@@ -355,14 +359,16 @@ pub static KNOBS: [Knob; 8] = [
         // The last is the headline: passthrough takes the server off the
         // data path.
         workloads: &[RAND_READ, RAND_WRITE, SEQ_READ_1M, CONVERT_DIRECT],
+        transport: None,
     },
     Knob {
         name: "queue_depth",
         label: "queue_depth",
         about: "requests each queue can hold at once (the server's --queue-depth)",
-        values: &["8", "32", "128"],
+        values: &["8", "16", "32", "128"],
         quick_values: &[],
         workloads: &[RAND_READ, RAND_WRITE, SEQ_READ_1M],
+        transport: Some("uring"),
     },
     Knob {
         name: "o_direct_opens",
@@ -374,6 +380,7 @@ pub static KNOBS: [Knob; 8] = [
         values: &["parallel-writers", "parallel-chunks"],
         quick_values: &["parallel-writers", "parallel-chunks"],
         workloads: &[CONVERT_DIRECT, DD_WRITE, RAND_WRITE, SEQ_WRITE_1M],
+        transport: None,
     },
     Knob {
         name: "queues",
@@ -382,6 +389,7 @@ pub static KNOBS: [Knob; 8] = [
         values: &["1", "2", "4"],
         quick_values: &["1", "2"],
         workloads: &[RAND_READ, RAND_WRITE],
+        transport: Some("readv"),
     },
     Knob {
         name: "max_write",
@@ -390,6 +398,7 @@ pub static KNOBS: [Knob; 8] = [
         values: &["4K", "64K", "1M"],
         quick_values: &["64K", "1M"],
         workloads: &[DD_WRITE, CONVERT_DIRECT],
+        transport: None,
     },
     Knob {
         name: "spill_tiers",
@@ -400,6 +409,7 @@ pub static KNOBS: [Knob; 8] = [
         values: &["1M", "64K", "16K,64K,256K"],
         quick_values: &[],
         workloads: &[SEQ_WRITE_64K, SEQ_WRITE_1M],
+        transport: Some("readv"),
     },
     Knob {
         name: "cache",
@@ -408,6 +418,7 @@ pub static KNOBS: [Knob; 8] = [
         values: &["none", "writeback"],
         quick_values: &[],
         workloads: &[RAND_READ, SEQ_WRITE_1M],
+        transport: None,
     },
     Knob {
         name: "reads_per_queue",
@@ -417,6 +428,7 @@ pub static KNOBS: [Knob; 8] = [
         values: &["2", "8", "32"],
         quick_values: &[],
         workloads: &[RAND_READ, RAND_WRITE],
+        transport: Some("readv"),
     },
 ];
 
@@ -761,12 +773,12 @@ impl Plan {
                 continue;
             }
             for variant in variants {
-                // The queue depth is the FUSE-over-io_uring ring's: swept on
-                // readv it would only repeat the same server.
-                let variant = if knob == QUEUE_DEPTH {
-                    variant.clone().with(TRANSPORT, "uring")
-                } else {
-                    variant.clone()
+                let variant = match knob.transport {
+                    // A variant without a transport serves with `auto`,
+                    // which is readv.
+                    Some("readv") if variant.get(TRANSPORT).is_none() => variant.clone(),
+                    Some(transport) => variant.clone().with(TRANSPORT, transport),
+                    None => variant.clone(),
                 };
                 let target = Target::FuseExport(variant.with(knob, &value));
                 if !targets.contains(&target) {
@@ -1098,22 +1110,46 @@ mod tests {
         let plan = Plan::build(&settings, &ServerCapabilities::default(), &variants);
         for group in plan.groups.iter().filter(|g| g.name != "knob-transport") {
             let labels: Vec<String> = group.targets.iter().map(Target::label).collect();
-            assert!(
-                labels.iter().any(|l| l.contains("transport=uring")),
-                "{}: {labels:?}",
-                group.workload.id()
-            );
+            let knob = KNOBS
+                .iter()
+                .find(|k| group.name == format!("knob-{}", k.name));
+            match knob.and_then(|k| k.transport) {
+                // A knob of one transport runs on that one only.
+                Some(transport) => assert!(
+                    labels[1..]
+                        .iter()
+                        .all(|l| l.contains(&format!("transport={transport}"))),
+                    "{}: {labels:?}",
+                    group.name
+                ),
+                None => assert!(
+                    labels.iter().any(|l| l.contains("transport=uring")),
+                    "{}: {labels:?}",
+                    group.workload.id()
+                ),
+            }
         }
         let queues = plan
             .groups
             .iter()
             .find(|g| g.name == "knob-queues")
             .unwrap();
-        assert_eq!(queues.targets.len(), 1 + 3 * 2);
+        assert_eq!(queues.targets.len(), 1 + 3);
         assert!(
             queues
                 .targets
-                .contains(&Target::FuseExport(variants[1].clone().with(QUEUES, "4")))
+                .contains(&Target::FuseExport(variants[0].clone().with(QUEUES, "4")))
+        );
+        let depth = plan
+            .groups
+            .iter()
+            .find(|g| g.name == "knob-queue_depth")
+            .unwrap();
+        assert_eq!(
+            depth.targets.len(),
+            1 + 3,
+            "uring only: {:?}",
+            depth.targets
         );
         // The transport sweep sets the transport itself: no duplicates.
         let sweep = plan
