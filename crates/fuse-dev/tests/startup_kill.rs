@@ -25,12 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ScratchDir, report_skip, skip_reason};
-use fuse_dev::mount::MountOptions;
-use fuse_dev::{Completion, Handler, Incoming, InitRequest, Job, QueueConfig, QueueIo, Session};
-use fuse_dev::{SpillLayout, mountinfo};
+use common::{ScratchDir, report_skip, skip_reason, small_session_with};
+use fuse_dev::{Completion, Handler, Incoming, Job, QueueIo, mountinfo};
 use fuse_proto::Opcode;
-use fuse_proto::flags::InitFlags;
 use fuse_proto::reply::Errno;
 use libtest_mimic::{Arguments, Failed, Trial};
 use wait_timeout::ChildExt as _;
@@ -86,35 +83,12 @@ impl Handler for HoldsGetattr {
 /// and starts its queues, which stats the file. Never returns on its own:
 /// the test kills it during that stat.
 fn serve_without_answering_getattr(mountpoint: &Path) -> ExitCode {
-    let options = MountOptions {
-        mountpoint: mountpoint.to_path_buf(),
-        fsname: "startup-kill".into(),
-        read_only: false,
-        allow_other: false,
-        force_fusermount: false,
-        root_is_dir: false,
-        max_read: 128 * 1024,
-        auto_unmount: true,
-    };
-    let init = InitRequest {
-        max_write: 128 * 1024,
-        max_background: 16,
-        extra_flags: InitFlags::EMPTY,
-        max_pages_limit: fuse_dev::init::max_pages_limit(),
-        passthrough: false,
-    };
-    let session = match Session::mount(&options, &init) {
-        Ok(session) => session,
+    let (session, config) = match small_session_with(mountpoint, "startup-kill", true) {
+        Ok(mounted) => mounted,
         Err(err) => {
             eprintln!("server half: mounting {}: {err}", mountpoint.display());
             return ExitCode::FAILURE;
         }
-    };
-    let config = QueueConfig {
-        reads: 2,
-        max_in_flight: 16,
-        layout: SpillLayout::default_for(session.negotiated().max_write as usize),
-        pool_cap: 16,
     };
     match session.start(1, config, Vec::new(), |_| HoldsGetattr { held: Vec::new() }) {
         Ok(running) => {

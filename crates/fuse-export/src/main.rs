@@ -115,8 +115,9 @@ struct Args {
     locking: LockingArg,
 
     /// Spill-over tier bounds as write sizes, e.g. `64K` or `64K,256K`: a
-    /// write of up to the first bound takes only the first tier.
-    #[arg(long, value_name = "SIZES", value_delimiter = ',', value_parser = parse_size)]
+    /// write of up to the first bound takes only the first tier; `none`: no
+    /// bound, one tier for every write that spills over.
+    #[arg(long, value_name = "SIZES", value_parser = parse_spill_tiers)]
     spill_tiers: Option<Vec<usize>>,
 
     /// Write the process id to PATH once the export is mounted and the
@@ -183,6 +184,14 @@ fn parse_size(text: &str) -> Result<usize, String> {
     value
         .checked_mul(multiplier)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `--spill-tiers`: `none`, or sizes separated by commas.
+fn parse_spill_tiers(text: &str) -> Result<Vec<usize>, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    text.split(',').map(parse_size).collect()
 }
 
 fn parse_max_write(text: &str) -> Result<usize, String> {
@@ -729,6 +738,16 @@ mod tests {
         assert!(parse_size("1G").is_err());
         assert!(parse_size("x").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn spill_tiers_are_sizes_or_none() {
+        assert_eq!(parse_spill_tiers("64K,256K"), Ok(vec![65536, 262144]));
+        assert_eq!(parse_spill_tiers("None"), Ok(Vec::new()));
+        assert!(parse_spill_tiers("64K,").is_err());
+        assert!(parse_spill_tiers("").is_err());
+        let one_tier = SpillLayout::new(1 << 20, &parse_spill_tiers("none").unwrap()).unwrap();
+        assert_eq!(one_tier.tiers().len(), 1);
     }
 
     #[test]

@@ -405,8 +405,8 @@ pub static KNOBS: [Knob; 8] = [
         label: "spill",
         about: "how the spill-over buffer behind each posted read is cut into tiers; \
                 a write only takes the tiers it fills",
-        // 64K is the server's default layout, 1M a single tier.
-        values: &["1M", "64K", "16K,64K,256K"],
+        // 64K is the server's default layout, `none` a single tier.
+        values: &["none", "64K", "16K,64K,256K"],
         quick_values: &[],
         workloads: &[SEQ_WRITE_64K, SEQ_WRITE_1M],
         transport: Some("readv"),
@@ -1004,7 +1004,7 @@ mod tests {
             "knob-o_direct_opens/convert-direct/fuse-export[o_direct=parallel-chunks]",
             "knob-o_direct_opens/fio-randwrite-4k-qd32-io_uring/fuse-export[o_direct=parallel-writers]",
             "knob-max_write/dd-write-1M/fuse-export[max_write=4k]",
-            "knob-spill_tiers/fio-write-64k-qd16-io_uring/fuse-export[spill=1M]",
+            "knob-spill_tiers/fio-write-64k-qd16-io_uring/fuse-export[spill=none]",
             "knob-spill_tiers/fio-write-64k-qd16-io_uring/fuse-export[spill=16K+64K+256K]",
             "knob-cache/fio-write-1M-qd16-io_uring/fuse-export[cache=writeback]",
             "knob-reads_per_queue/fio-randwrite-4k-qd32-io_uring/fuse-export[reads=32]",
@@ -1147,7 +1147,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             depth.targets.len(),
-            1 + 3,
+            1 + 4,
             "uring only: {:?}",
             depth.targets
         );

@@ -165,6 +165,16 @@ pub fn fresh_size(path: &Path) -> Result<u64, Errno> {
 /// and answers INIT; returns the session and a queue configuration to
 /// start it with (two reads, sixteen requests in flight).
 pub fn small_session(mountpoint: &Path, fsname: &str) -> (Session, QueueConfig) {
+    small_session_with(mountpoint, fsname, false).unwrap()
+}
+
+/// [`small_session`], with the unmount watcher if `auto_unmount` (only for
+/// a program whose `main` answers the watcher's re-execution first).
+pub fn small_session_with(
+    mountpoint: &Path,
+    fsname: &str,
+    auto_unmount: bool,
+) -> std::io::Result<(Session, QueueConfig)> {
     let options = MountOptions {
         mountpoint: mountpoint.to_path_buf(),
         fsname: fsname.into(),
@@ -173,7 +183,7 @@ pub fn small_session(mountpoint: &Path, fsname: &str) -> (Session, QueueConfig) 
         force_fusermount: false,
         root_is_dir: false,
         max_read: 128 * 1024,
-        auto_unmount: false,
+        auto_unmount,
     };
     let init = InitRequest {
         max_write: 128 * 1024,
@@ -182,12 +192,12 @@ pub fn small_session(mountpoint: &Path, fsname: &str) -> (Session, QueueConfig) 
         max_pages_limit: fuse_dev::init::max_pages_limit(),
         passthrough: false,
     };
-    let session = Session::mount(&options, &init).unwrap();
+    let session = Session::mount(&options, &init)?;
     let config = QueueConfig {
         reads: 2,
         max_in_flight: 16,
         layout: SpillLayout::default_for(session.negotiated().max_write as usize),
         pool_cap: 16,
     };
-    (session, config)
+    Ok((session, config))
 }
