@@ -118,7 +118,7 @@ struct Args {
     /// write of up to the first bound takes only the first tier; `none`: no
     /// bound, one tier for every write that spills over.
     #[arg(long, value_name = "SIZES", value_parser = parse_spill_tiers)]
-    spill_tiers: Option<Vec<usize>>,
+    spill_tiers: Option<SpillBounds>,
 
     /// Write the process id to PATH once the export is mounted and the
     /// kernel knows its size; removed at exit. (With NOTIFY_SOCKET set, as
@@ -186,12 +186,19 @@ fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// The tier bounds `--spill-tiers` asks for (none: one tier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SpillBounds(Vec<usize>);
+
 /// `--spill-tiers`: `none`, or sizes separated by commas.
-fn parse_spill_tiers(text: &str) -> Result<Vec<usize>, String> {
+fn parse_spill_tiers(text: &str) -> Result<SpillBounds, String> {
     if text.trim().eq_ignore_ascii_case("none") {
-        return Ok(Vec::new());
+        return Ok(SpillBounds(Vec::new()));
     }
-    text.split(',').map(parse_size).collect()
+    text.split(',')
+        .map(parse_size)
+        .collect::<Result<_, _>>()
+        .map(SpillBounds)
 }
 
 fn parse_max_write(text: &str) -> Result<usize, String> {
@@ -347,7 +354,7 @@ fn run(args: Args) -> Result<(), Failure> {
         )
     });
     // Checked against the max_write the kernel will allow, before mounting.
-    if let Some(bounds) = &args.spill_tiers {
+    if let Some(SpillBounds(bounds)) = &args.spill_tiers {
         SpillLayout::new(max_write, bounds).map_err(|err| {
             let why = capped
                 .as_deref()
@@ -461,7 +468,7 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     let max_write = negotiated.max_write as usize;
     let layout = match &args.spill_tiers {
-        Some(bounds) => SpillLayout::new(max_write, bounds)
+        Some(SpillBounds(bounds)) => SpillLayout::new(max_write, bounds)
             .map_err(|err| Failure::usage(format!("--spill-tiers: {err}")))?,
         None => SpillLayout::default_for(max_write),
     };
@@ -742,12 +749,27 @@ mod tests {
 
     #[test]
     fn spill_tiers_are_sizes_or_none() {
-        assert_eq!(parse_spill_tiers("64K,256K"), Ok(vec![65536, 262144]));
-        assert_eq!(parse_spill_tiers("None"), Ok(Vec::new()));
+        assert_eq!(
+            parse_spill_tiers("64K,256K"),
+            Ok(SpillBounds(vec![65536, 262144]))
+        );
+        assert_eq!(parse_spill_tiers("None"), Ok(SpillBounds(Vec::new())));
         assert!(parse_spill_tiers("64K,").is_err());
         assert!(parse_spill_tiers("").is_err());
-        let one_tier = SpillLayout::new(1 << 20, &parse_spill_tiers("none").unwrap()).unwrap();
+        let one_tier = SpillLayout::new(1 << 20, &parse_spill_tiers("none").unwrap().0).unwrap();
         assert_eq!(one_tier.tiers().len(), 1);
+        // Through clap, as the server parses its command line.
+        let args = Args::try_parse_from([
+            "fuse-export",
+            "--image",
+            "i",
+            "--mount",
+            "m",
+            "--spill-tiers",
+            "16K,64K",
+        ])
+        .unwrap();
+        assert_eq!(args.spill_tiers, Some(SpillBounds(vec![16384, 65536])));
     }
 
     #[test]
