@@ -161,6 +161,32 @@ impl<S: squeue::EntryMarker + From<squeue::Entry>> Ring<S> {
         }
     }
 
+    /// Submits, then waits for `want` completions for up to `min_wait`, and
+    /// after that for the first one (`IORING_FEAT_MIN_TIMEOUT`, Linux
+    /// 6.12; an older kernel refuses the argument with EINVAL).
+    pub(crate) fn submit_and_wait_batch(
+        &mut self,
+        want: usize,
+        min_wait: std::time::Duration,
+    ) -> io::Result<()> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.faults {
+            faults.submit()?;
+        }
+        let usec = u32::try_from(min_wait.as_micros()).unwrap_or(u32::MAX);
+        let args = types::SubmitArgs::new().min_wait_usec(usec);
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(err) if is_transient(&err) => {
+                log::debug!("io_uring_enter: {err}; retrying");
+                std::thread::yield_now();
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Whether completions wait to be reaped.
     pub(crate) fn has_completions(&mut self) -> bool {
         !self.ring.completion().is_empty()

@@ -145,6 +145,7 @@ impl Session {
     pub fn start_uring<H, F>(
         self,
         depth: usize,
+        wait_batch: usize,
         config: QueueConfig,
         backing: Vec<RawFd>,
         factory: F,
@@ -162,6 +163,7 @@ impl Session {
         let ring_queues = crate::uring::cpus::possible_cpus()?;
         let payload_len = crate::uring::payload_len(&self.negotiated);
         let depth = depth.max(1);
+        let wait_batch = wait_batch.max(1);
         let Session {
             device,
             mount,
@@ -184,6 +186,7 @@ impl Session {
                 backing: backing.clone(),
                 config: config.clone(),
                 depth,
+                wait_batch,
                 payload_len,
                 waker: wakers[index].clone(),
                 stop: stop.clone(),
@@ -408,6 +411,7 @@ where
         backing,
         config,
         depth: depth.max(1),
+        wait_batch: 1,
         payload_len,
         waker,
         stop: Arc::new(AtomicBool::new(false)),

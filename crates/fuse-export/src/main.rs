@@ -75,6 +75,13 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     queue_depth: u16,
 
+    /// FUSE-over-io_uring only: a ring queue with at least N requests in
+    /// progress waits for N completions at once (for up to 50 µs, then takes
+    /// what came) instead of waking for each; 1 wakes for each. The default,
+    /// 4, was the lab's best at queue depth 32 (docs/performance.md).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    uring_wait_batch: u16,
+
     /// How opens with O_DIRECT are served: `parallel-writers` (writers on
     /// the file run concurrently; the kernel sends the max_write pieces of a
     /// larger request one after the other) or `parallel-chunks` (the pieces
@@ -525,9 +532,13 @@ fn run(args: Args) -> Result<(), Failure> {
         }
         let depth = args.queue_depth as usize;
         session
-            .start_uring(depth, config, backing, move |context| {
-                factory_export.queue_handler(context)
-            })
+            .start_uring(
+                depth,
+                args.uring_wait_batch as usize,
+                config,
+                backing,
+                move |context| factory_export.queue_handler(context),
+            )
             .map(|running| {
                 let transport = format!(
                     "FUSE-over-io_uring, {} of {depth} {} each (one per CPU), \

@@ -106,6 +106,10 @@ impl Drop for QuietNotice {
     }
 }
 
+/// How long a batched wait holds out for the whole batch before it takes
+/// what has come.
+const BATCH_MIN_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Everything a ring queue's thread needs.
 pub(crate) struct UringSetup {
     /// The queue's index among the session's queues.
@@ -118,6 +122,10 @@ pub(crate) struct UringSetup {
     pub config: QueueConfig,
     /// Entries (queue depth).
     pub depth: usize,
+    /// With at least this many requests in progress, the thread waits for
+    /// this many completions at once (up to [`BATCH_MIN_WAIT`]); 1: for
+    /// each as it comes.
+    pub wait_batch: usize,
     /// Bytes of each entry's payload buffer.
     pub payload_len: usize,
     pub waker: Waker,
@@ -250,6 +258,7 @@ pub(crate) fn run_uring_queue<H: Handler>(
         backing,
         config,
         depth,
+        wait_batch,
         payload_len,
         waker,
         stop,
@@ -305,6 +314,7 @@ pub(crate) fn run_uring_queue<H: Handler>(
         stopping: false,
         disconnected: false,
         quiet,
+        wait_batch,
     };
     {
         let (ring, memory) = guard.parts();
@@ -341,6 +351,8 @@ struct UringLoop {
     stopping: bool,
     disconnected: bool,
     quiet: QuietNotice,
+    /// See [`UringSetup::wait_batch`].
+    wait_batch: usize,
 }
 
 impl UringLoop {
@@ -396,7 +408,11 @@ impl UringLoop {
             let timed_out = if release_when_idle {
                 !ring.submit_and_wait_for(1, IDLE_RELEASE)?
             } else {
-                ring.submit_and_wait(1)?;
+                if self.wait_batch > 1 && memory.jobs.busy() >= self.wait_batch {
+                    ring.submit_and_wait_batch(self.wait_batch, BATCH_MIN_WAIT)?;
+                } else {
+                    ring.submit_and_wait(1)?;
+                }
                 false
             };
             let mut reaped_any = false;
