@@ -77,9 +77,10 @@ struct Args {
 
     /// FUSE-over-io_uring only: a ring queue with at least N requests in
     /// progress waits for N completions at once (for up to 50 µs, then takes
-    /// what came) instead of waking for each; 1 wakes for each. The default,
-    /// 4, was the lab's best at queue depth 32 (docs/performance.md).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// what came) instead of waking for each; 1 (default) wakes for each. 4
+    /// helps 4k I/O at queue depth 32 but wakes the queue every 50 µs while
+    /// slow requests (1 MiB) are in progress (docs/performance.md).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     uring_wait_batch: u16,
 
     /// How opens with O_DIRECT are served: `parallel-writers` (writers on

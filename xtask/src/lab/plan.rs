@@ -436,7 +436,7 @@ pub static KNOBS: [Knob; 9] = [
         label: "wait_batch",
         about: "ring queue threads with at least N requests in progress wait for N \
                 completions at once (up to 50 µs) instead of waking for each",
-        // 8 was no better than 4 in the run that chose 4 (2026-12-07).
+        // 8 was no better than 4 in the run that measured it (2026-12-07).
         values: &["1", "4"],
         quick_values: &[],
         // The second shows what batching costs a lone request.
