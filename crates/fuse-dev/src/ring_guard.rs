@@ -143,22 +143,8 @@ impl<S: squeue::EntryMarker + From<squeue::Entry>> Ring<S> {
         want: usize,
         timeout: std::time::Duration,
     ) -> io::Result<bool> {
-        #[cfg(feature = "fault-injection")]
-        if let Some(faults) = &self.faults {
-            faults.submit()?;
-        }
         let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => Ok(true),
-            Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(false),
-            Err(err) if is_transient(&err) => {
-                log::debug!("io_uring_enter: {err}; retrying");
-                std::thread::yield_now();
-                Ok(true)
-            }
-            Err(err) => Err(err),
-        }
+        self.enter_with_args(want, &types::SubmitArgs::new().timespec(&ts))
     }
 
     /// Submits, then waits for `want` completions for up to `min_wait`, and
@@ -169,19 +155,29 @@ impl<S: squeue::EntryMarker + From<squeue::Entry>> Ring<S> {
         want: usize,
         min_wait: std::time::Duration,
     ) -> io::Result<()> {
+        let usec = u32::try_from(min_wait.as_micros()).unwrap_or(u32::MAX);
+        self.enter_with_args(want, &types::SubmitArgs::new().min_wait_usec(usec))
+            .map(drop)
+    }
+
+    /// `io_uring_enter` with extended arguments: false when a time limit
+    /// ran out (ETIME); transient errors count as a wait that ended early.
+    fn enter_with_args(
+        &mut self,
+        want: usize,
+        args: &types::SubmitArgs<'_, '_>,
+    ) -> io::Result<bool> {
         #[cfg(feature = "fault-injection")]
         if let Some(faults) = &self.faults {
             faults.submit()?;
         }
-        let usec = u32::try_from(min_wait.as_micros()).unwrap_or(u32::MAX);
-        let args = types::SubmitArgs::new().min_wait_usec(usec);
-        match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => Ok(()),
-            Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(()),
+        match self.ring.submitter().submit_with_args(want, args) {
+            Ok(_) => Ok(true),
+            Err(err) if err.raw_os_error() == Some(libc::ETIME) => Ok(false),
             Err(err) if is_transient(&err) => {
                 log::debug!("io_uring_enter: {err}; retrying");
                 std::thread::yield_now();
-                Ok(())
+                Ok(true)
             }
             Err(err) => Err(err),
         }
