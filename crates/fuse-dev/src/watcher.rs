@@ -36,8 +36,8 @@
 //! the connection ends, and the watcher's stat returns ENOTCONN.
 
 use std::ffi::{CString, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write as _};
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ const STAT_TIMEOUT_SECS: i64 = 30;
 pub(crate) struct Watcher {
     child: Child,
     /// The write end of the watcher's stdin.
-    control: OwnedFd,
+    control: File,
     /// The read end of the watcher's stdout: its answers.
     answers: ChildStdout,
     /// A stat went unanswered: the watcher may be waiting for the kernel
@@ -114,7 +114,7 @@ impl Watcher {
         match wait_until_ready(&mut child) {
             Ok(answers) => Ok(Watcher {
                 child,
-                control,
+                control: File::from(control),
                 answers,
                 stat_unanswered: false,
             }),
@@ -178,8 +178,7 @@ impl Watcher {
         request.push(STAT);
         request.extend_from_slice(&len.to_le_bytes());
         request.extend_from_slice(bytes);
-        let mut control = std::fs::File::from(self.control.try_clone()?);
-        control.write_all(&request)?;
+        self.control.write_all(&request)?;
         self.stat_unanswered = true;
         let mut errno = [0u8; 4];
         read_answer(&mut self.answers, &mut errno, STAT_TIMEOUT_SECS)?;
