@@ -941,6 +941,12 @@ mod tests {
 
     use super::*;
 
+    /// The first group called `name` (a knob sweep has one per workload).
+    fn group_named<'p>(plan: &'p Plan, name: &str) -> &'p Group {
+        let found = plan.groups.iter().find(|g| g.name == name);
+        found.unwrap_or_else(|| panic!("no group {name}"))
+    }
+
     fn plan(quick: bool, capabilities: &ServerCapabilities) -> Plan {
         let variants = [ServerOptions::default()];
         Plan::build(&Settings::new(quick), capabilities, &variants)
@@ -1088,11 +1094,7 @@ mod tests {
         let mut options = NUMERIC_OPTIONS.to_vec();
         options.push(("--transport", &["auto", "readv", "passthrough", "future"]));
         let plan = plan(false, &help(&options));
-        let transport = plan
-            .groups
-            .iter()
-            .find(|g| g.name == "knob-transport")
-            .unwrap();
+        let transport = group_named(&plan, "knob-transport");
         let labels: Vec<String> = transport.targets.iter().map(Target::label).collect();
         assert_eq!(
             labels,
@@ -1143,22 +1145,14 @@ mod tests {
                 ),
             }
         }
-        let queues = plan
-            .groups
-            .iter()
-            .find(|g| g.name == "knob-queues")
-            .unwrap();
+        let queues = group_named(&plan, "knob-queues");
         assert_eq!(queues.targets.len(), 1 + 3);
         assert!(
             queues
                 .targets
                 .contains(&Target::FuseExport(variants[0].clone().with(QUEUES, "4")))
         );
-        let depth = plan
-            .groups
-            .iter()
-            .find(|g| g.name == "knob-queue_depth")
-            .unwrap();
+        let depth = group_named(&plan, "knob-queue_depth");
         assert_eq!(
             depth.targets.len(),
             1 + 3,
@@ -1166,11 +1160,7 @@ mod tests {
             depth.targets
         );
         // The transport sweep sets the transport itself: no duplicates.
-        let sweep = plan
-            .groups
-            .iter()
-            .find(|g| g.name == "knob-transport")
-            .unwrap();
+        let sweep = group_named(&plan, "knob-transport");
         assert_eq!(sweep.targets.len(), 1 + TRANSPORT.values.len());
         assert_eq!(plan.alloc_probes.len(), 5 * 2);
         assert!(
