@@ -407,12 +407,14 @@ struct UringAgainstReadv {
     workload: String,
     readv: Summary,
     uring: Summary,
+    /// The workload is judged by time.
+    lower_is_better: bool,
 }
 
 impl UringAgainstReadv {
     /// uring's median is worse than readv's (lower ratio; higher for time).
-    fn behind(&self, lower_is_better: bool) -> bool {
-        if lower_is_better {
+    fn behind(&self) -> bool {
+        if self.lower_is_better {
             self.uring.median > self.readv.median
         } else {
             self.uring.median < self.readv.median
@@ -420,8 +422,8 @@ impl UringAgainstReadv {
     }
 
     /// Behind in every repetition: uring's best is worse than readv's worst.
-    fn clearly_behind(&self, lower_is_better: bool) -> bool {
-        if lower_is_better {
+    fn clearly_behind(&self) -> bool {
+        if self.lower_is_better {
             self.uring.min > self.readv.max
         } else {
             self.uring.max < self.readv.min
@@ -436,9 +438,8 @@ fn transport_labels(columns: &[String]) -> Option<(String, String)> {
     (columns.contains(&readv) && columns.contains(&uring)).then_some((readv, uring))
 }
 
-/// Every matrix workload measured on both transports, with whether lower
-/// is better for it.
-fn uring_against_readv(results: &LabResults, columns: &[String]) -> Vec<(UringAgainstReadv, bool)> {
+/// Every matrix workload measured on both transports.
+fn uring_against_readv(results: &LabResults, columns: &[String]) -> Vec<UringAgainstReadv> {
     let Some((readv, uring)) = transport_labels(columns) else {
         return Vec::new();
     };
@@ -447,12 +448,12 @@ fn uring_against_readv(results: &LabResults, columns: &[String]) -> Vec<(UringAg
         .filter_map(|index| {
             let workload = &results.plan.groups[index].workload;
             let ratio = |label: &str| results.case_labelled(index, label)?.ratio();
-            let compared = UringAgainstReadv {
+            Some(UringAgainstReadv {
                 workload: workload.id(),
                 readv: ratio(&readv)?,
                 uring: ratio(&uring)?,
-            };
-            Some((compared, workload.metric() == Metric::Seconds))
+                lower_is_better: workload.metric() == Metric::Seconds,
+            })
         })
         .collect()
 }
@@ -467,14 +468,8 @@ fn auto_goal(results: &LabResults, columns: &[String]) -> Vec<String> {
         row.push("not measured: needs `--transport readv,uring`".into());
         return row;
     };
-    let behind = compared
-        .iter()
-        .filter(|(c, lower)| c.behind(*lower))
-        .count();
-    let clearly = compared
-        .iter()
-        .filter(|(c, lower)| c.clearly_behind(*lower))
-        .count();
+    let behind = compared.iter().filter(|c| c.behind()).count();
+    let clearly = compared.iter().filter(|c| c.clearly_behind()).count();
     for label in columns {
         row.push(if *label == uring {
             format!(
@@ -669,10 +664,10 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
                 "uring ÷ readv (medians)",
                 "uring is",
             ];
-            let rows = compared.iter().map(|(c, lower_is_better)| {
-                let verdict = if c.clearly_behind(*lower_is_better) {
+            let rows = compared.iter().map(|c| {
+                let verdict = if c.clearly_behind() {
                     "**behind in every repetition**"
-                } else if c.behind(*lower_is_better) {
+                } else if c.behind() {
                     "behind (spreads overlap)"
                 } else {
                     "level or ahead"
