@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ScratchDir, report_skip, skip_reason, small_session_with};
+use common::{Fusectl, ScratchDir, connection_id, report_skip, skip_reason, small_session_with};
 use fuse_dev::{Completion, Handler, Incoming, Job, QueueIo, mountinfo};
 use fuse_proto::Opcode;
 use fuse_proto::reply::Errno;
@@ -111,9 +111,6 @@ fn mount_at(mountpoint: &Path) -> Option<mountinfo::MountEntry> {
         .filter(|entry| entry.fstype == format!("fuse.{}", fuse_dev::mount::SUBTYPE))
 }
 
-/// Where the kernel lists FUSE connections (the fusectl filesystem).
-const CONNECTIONS: &str = "/sys/fs/fuse/connections";
-
 /// Ends what the test started, whatever happened: the server (by its PID);
 /// a mount still there, whose connection is aborted first (through
 /// fusectl, mounted for that if it is not and unmounted again), since a
@@ -122,30 +119,15 @@ const CONNECTIONS: &str = "/sys/fs/fuse/connections";
 struct Cleanup {
     server: Child,
     mountpoint: PathBuf,
-    /// The connection of the server's mount (its device minor number).
+    /// The connection of the server's mount.
     connection: Option<u32>,
 }
 
 impl Cleanup {
     /// Aborts the server's connection, if it is still there.
     fn abort_connection(&self) {
-        let Some(connection) = self.connection else {
-            return;
-        };
-        let abort = format!("{CONNECTIONS}/{connection}/abort");
-        if fs::write(&abort, "1").is_ok() {
-            return;
-        }
-        let mounted = rustix::mount::mount(
-            "none",
-            CONNECTIONS,
-            "fusectl",
-            rustix::mount::MountFlags::empty(),
-            None,
-        );
-        let _ = fs::write(&abort, "1");
-        if mounted.is_ok() {
-            let _ = rustix::mount::unmount(CONNECTIONS, rustix::mount::UnmountFlags::empty());
+        if let (Some(id), Ok(fusectl)) = (self.connection, Fusectl::ensure()) {
+            let _ = fusectl.abort(id);
         }
     }
 }
@@ -175,11 +157,8 @@ impl Drop for Cleanup {
 /// which exits once it has dealt with the mount), for up to `limit`.
 fn reap_orphans(limit: Duration) {
     use rustix::process::{WaitOptions, wait};
-    within(limit, || match wait(WaitOptions::NOHANG) {
-        Ok(Some(_)) => false,
-        Ok(None) => false,
-        Err(_) => true, // ECHILD: none left
-    });
+    // ECHILD once none is left.
+    within(limit, || wait(WaitOptions::NOHANG).is_err());
 }
 
 /// Polls `done` every 20 ms for up to `limit`.
@@ -230,7 +209,7 @@ fn killed_during_its_startup_stat() -> Result<(), Failed> {
     if line.trim_end() != GETATTR_SEEN {
         return Err(format!("the server half said {line:?} instead of {GETATTR_SEEN:?}").into());
     }
-    cleanup.connection = mount_at(&mountpoint).map(|entry| entry.device.1);
+    cleanup.connection = mount_at(&mountpoint).and_then(|_| connection_id(&mountpoint));
     if cleanup.connection.is_none() {
         return Err("the server half reads requests, but its mount is not in mountinfo".into());
     }

@@ -21,14 +21,14 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, ScratchDir, fresh_size, mount_probe_file, probe_attr_out, report_skip, skip_reason,
+    Client, FUSECTL, Fusectl, ScratchDir, connection_id, fresh_size, mount_probe_file,
+    probe_attr_out, report_skip, skip_reason,
 };
 use fuse_dev::init::{InitRequest, Negotiated, max_pages_limit, negotiate};
 use fuse_dev::mount::Mount;
@@ -385,62 +385,6 @@ fn default_reply(opcode: Opcode, unique: u64, op: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The `fusectl` connection directory of a mount (`<st_dev minor>`), from
-/// mountinfo (a stat of the mountpoint would itself be a request).
-fn connection_id(mountpoint: &Path) -> Option<u32> {
-    let absolute = std::path::absolute(mountpoint).ok()?;
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (Path::new(fields.get(4)?) == absolute)
-            .then(|| fields.get(2)?.split_once(':')?.1.parse().ok())
-            .flatten()
-    })
-}
-
-const FUSECTL: &str = "/sys/fs/fuse/connections";
-
-/// fusectl mounted at [`FUSECTL`] while the guard lives (unmounted on drop
-/// only if this guard mounted it).
-struct Fusectl {
-    mounted_here: bool,
-}
-
-impl Fusectl {
-    fn ensure(test: &str) -> Option<Fusectl> {
-        let mounted = fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .any(|line| line.split(' ').nth(1) == Some(FUSECTL));
-        if mounted {
-            return Some(Fusectl {
-                mounted_here: false,
-            });
-        }
-        match rustix::mount::mount(
-            "none",
-            FUSECTL,
-            "fusectl",
-            rustix::mount::MountFlags::empty(),
-            None,
-        ) {
-            Ok(()) => Some(Fusectl { mounted_here: true }),
-            Err(err) => {
-                report_skip(test, &format!("cannot mount fusectl on {FUSECTL}: {err}"));
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Fusectl {
-    fn drop(&mut self) {
-        if self.mounted_here {
-            let _ = rustix::mount::unmount(FUSECTL, rustix::mount::UnmountFlags::empty());
-        }
-    }
-}
-
 #[test]
 fn register_before_the_init_reply_is_eagain_and_works_after_it() {
     let Some(mut probe) = Probe::mount_uninitialised("register_before_init") else {
@@ -680,14 +624,21 @@ fn abort_ends_entries_in_flight_and_the_request_held() {
     let path = probe.mountpoint.clone();
     let client = Client::spawn(move || fresh_size(&path));
     let (qid, entry) = probe.expect_delivery();
-    let Some(fusectl) = Fusectl::ensure(probe.test) else {
-        // Answer so that the probe can unmount cleanly.
-        probe.answer(qid, entry);
-        let _ = probe.serve_until_done(&client);
-        return;
+    let fusectl = match Fusectl::ensure() {
+        Ok(fusectl) => fusectl,
+        Err(err) => {
+            report_skip(
+                probe.test,
+                &format!("cannot mount fusectl on {FUSECTL}: {err}"),
+            );
+            // Answer so that the probe can unmount cleanly.
+            probe.answer(qid, entry);
+            let _ = probe.serve_until_done(&client);
+            return;
+        }
     };
     let id = connection_id(&probe.mountpoint).expect("the mount's connection id");
-    fs::write(format!("{FUSECTL}/{id}/abort"), "1").expect("aborting the connection");
+    fusectl.abort(id).expect("aborting the connection");
     // Every other entry was waiting: each completes, without a request.
     let waiting = probe.queues * DEPTH - 1;
     let mut ended = Vec::new();

@@ -201,3 +201,55 @@ pub fn small_session_with(
     };
     Ok((session, config))
 }
+
+/// Where the kernel lists FUSE connections (the fusectl filesystem).
+pub const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// The fusectl connection directory of the mount at `mountpoint` (its
+/// device minor), from mountinfo (a stat of the mountpoint would itself be
+/// a request).
+pub fn connection_id(mountpoint: &Path) -> Option<u32> {
+    Some(fuse_dev::mountinfo::topmost_at(mountpoint).ok()??.device.1)
+}
+
+/// fusectl mounted at [`FUSECTL`] while the guard lives (unmounted on drop
+/// only if this guard mounted it).
+pub struct Fusectl {
+    mounted_here: bool,
+}
+
+impl Fusectl {
+    /// Mounts fusectl unless it is mounted already.
+    pub fn ensure() -> std::io::Result<Fusectl> {
+        let mounted = fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.split(' ').nth(1) == Some(FUSECTL));
+        if mounted {
+            return Ok(Fusectl {
+                mounted_here: false,
+            });
+        }
+        rustix::mount::mount(
+            "none",
+            FUSECTL,
+            "fusectl",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )?;
+        Ok(Fusectl { mounted_here: true })
+    }
+
+    /// Aborts connection `id`: its requests fail, its server's reads end.
+    pub fn abort(&self, id: u32) -> std::io::Result<()> {
+        fs::write(format!("{FUSECTL}/{id}/abort"), "1")
+    }
+}
+
+impl Drop for Fusectl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = rustix::mount::unmount(FUSECTL, rustix::mount::UnmountFlags::empty());
+        }
+    }
+}
