@@ -148,16 +148,26 @@ impl<S: squeue::EntryMarker + From<squeue::Entry>> Ring<S> {
     }
 
     /// Submits, then waits for `want` completions for up to `min_wait`, and
-    /// after that for the first one (`IORING_FEAT_MIN_TIMEOUT`, Linux
-    /// 6.12; an older kernel refuses the argument with EINVAL).
+    /// after that for the first one, for at most `timeout` in all
+    /// (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12; an older kernel refuses the
+    /// argument with EINVAL). Returns false when `timeout` ran out.
+    ///
+    /// The overall timeout is what makes the kernel keep waiting after
+    /// `min_wait`: without one, the minimum wait ends the call even when
+    /// nothing completed (`io_cqring_min_timer_wakeup`), so a thread waiting
+    /// on slow operations would wake every `min_wait` for nothing.
     pub(crate) fn submit_and_wait_batch(
         &mut self,
         want: usize,
         min_wait: std::time::Duration,
-    ) -> io::Result<()> {
+        timeout: std::time::Duration,
+    ) -> io::Result<bool> {
         let usec = u32::try_from(min_wait.as_micros()).unwrap_or(u32::MAX);
-        self.enter_with_args(want, &types::SubmitArgs::new().min_wait_usec(usec))
-            .map(drop)
+        let ts = types::Timespec::from(timeout);
+        self.enter_with_args(
+            want,
+            &types::SubmitArgs::new().min_wait_usec(usec).timespec(&ts),
+        )
     }
 
     /// `io_uring_enter` with extended arguments: false when a time limit
@@ -431,6 +441,33 @@ mod tests {
         let mut out = [(0, 0); 8];
         assert_eq!(ring.reap(&mut out), 4);
         assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    fn batched_wait_sleeps_past_its_minimum_until_something_completes() {
+        let mut ring = Ring::new(IoUring::new(8).unwrap(), 4);
+        let delay = std::time::Duration::from_millis(30);
+        let ts = types::Timespec::from(delay);
+        let sqe = opcode::Timeout::new(&ts).build().user_data(9);
+        // SAFETY: `ts` outlives the ring, and the kernel copies it when it
+        // takes the SQE.
+        unsafe { ring.push(&sqe) }.unwrap();
+        let start = std::time::Instant::now();
+        let min_wait = std::time::Duration::from_micros(50);
+        let within = std::time::Duration::from_secs(5);
+        match ring.submit_and_wait_batch(4, min_wait, within) {
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                eprintln!("SKIP: this kernel has no IORING_FEAT_MIN_TIMEOUT (6.12+)");
+                return;
+            }
+            other => assert!(other.unwrap(), "the overall limit ran out"),
+        }
+        // The wait held on after its minimum until the timeout fired (a
+        // wait that ended at the minimum would come back empty).
+        assert!(start.elapsed() >= delay - std::time::Duration::from_millis(5));
+        let mut out = [(0, 0); 8];
+        assert_eq!(ring.reap(&mut out), 1);
+        assert_eq!(out[0], (9, -libc::ETIME));
     }
 
     #[test]

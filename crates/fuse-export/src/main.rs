@@ -75,12 +75,13 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     queue_depth: u16,
 
-    /// FUSE-over-io_uring only: a ring queue with at least N requests in
-    /// progress waits for N completions at once (for up to 50 µs, then takes
-    /// what came) instead of waking for each; 1 (default) wakes for each. 4
-    /// helps 4k I/O at queue depth 32 but wakes the queue every 50 µs while
-    /// slow requests (1 MiB) are in progress (docs/performance.md).
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// FUSE-over-io_uring only: while completions come densely and at least
+    /// N requests are in progress, a ring queue waits for N completions at
+    /// once (for up to 50 µs, then takes what came) instead of waking for
+    /// each; 1 wakes for each. The default, 4, was the lab's best at 4k
+    /// queue depth 32 and costs slow (1 MiB) requests nothing
+    /// (docs/performance.md).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     uring_wait_batch: u16,
 
     /// How opens with O_DIRECT are served: `parallel-writers` (writers on

@@ -110,6 +110,15 @@ impl Drop for QuietNotice {
 /// what has come.
 const BATCH_MIN_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// A batched wait's overall limit. Only its presence matters (without it
+/// the kernel ends the wait after [`BATCH_MIN_WAIT`] even when nothing
+/// came); when it runs out the loop just waits again.
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Completions one wait must bring for the next wait to be batched: more
+/// than one means they come faster than the thread wakes for them.
+const DENSE_COMPLETIONS: usize = 2;
+
 /// Everything a ring queue's thread needs.
 pub(crate) struct UringSetup {
     /// The queue's index among the session's queues.
@@ -122,9 +131,10 @@ pub(crate) struct UringSetup {
     pub config: QueueConfig,
     /// Entries (queue depth).
     pub depth: usize,
-    /// With at least this many requests in progress, the thread waits for
-    /// this many completions at once (up to [`BATCH_MIN_WAIT`]); 1: for
-    /// each as it comes.
+    /// With at least this many requests in progress, and while completions
+    /// come densely (the last wait brought [`DENSE_COMPLETIONS`] or more),
+    /// the thread waits for this many completions at once (up to
+    /// [`BATCH_MIN_WAIT`]); 1: for each as it comes.
     pub wait_batch: usize,
     /// Bytes of each entry's payload buffer.
     pub payload_len: usize,
@@ -315,6 +325,7 @@ pub(crate) fn run_uring_queue<H: Handler>(
         disconnected: false,
         quiet,
         wait_batch,
+        last_reaped: 0,
     };
     {
         let (ring, memory) = guard.parts();
@@ -353,6 +364,8 @@ struct UringLoop {
     quiet: QuietNotice,
     /// See [`UringSetup::wait_batch`].
     wait_batch: usize,
+    /// Completions the last wait brought.
+    last_reaped: usize,
 }
 
 impl UringLoop {
@@ -408,17 +421,17 @@ impl UringLoop {
             let timed_out = if release_when_idle {
                 !ring.submit_and_wait_for(1, IDLE_RELEASE)?
             } else {
-                if self.wait_batch > 1 && memory.jobs.busy() >= self.wait_batch {
-                    ring.submit_and_wait_batch(self.wait_batch, BATCH_MIN_WAIT)?;
+                if self.batches_next_wait(memory.jobs.busy()) {
+                    ring.submit_and_wait_batch(self.wait_batch, BATCH_MIN_WAIT, BATCH_TIMEOUT)?;
                 } else {
                     ring.submit_and_wait(1)?;
                 }
                 false
             };
-            let mut reaped_any = false;
+            self.last_reaped = 0;
             loop {
                 let count = ring.reap(&mut reaped);
-                reaped_any |= count > 0;
+                self.last_reaped += count;
                 for &(data, result) in &reaped[..count] {
                     self.completed(ring, memory, pool, handler, data, result)?;
                 }
@@ -429,7 +442,7 @@ impl UringLoop {
             // Idle for a whole wait: nothing came back, so nothing was
             // pushed since the wait submitted everything (a commit's reply
             // is read by the kernel while it is submitted).
-            let idle_wait = timed_out && !reaped_any;
+            let idle_wait = timed_out && self.last_reaped == 0;
             if idle_wait
                 && memory.jobs.busy() == 0
                 && !ring.has_completions()
@@ -458,6 +471,14 @@ impl UringLoop {
                 handler.wake(&mut QueueIo::new(jobs, pool, &mut transport));
             }
         }
+    }
+
+    /// Whether the next wait is for a batch of completions: batching is on,
+    /// a whole batch is in progress, and completions are coming densely.
+    /// Slow requests (1 MiB) complete one per wait, so their replies are
+    /// not held back for a batch that will not come.
+    fn batches_next_wait(&self, busy: usize) -> bool {
+        self.wait_batch > 1 && busy >= self.wait_batch && self.last_reaped >= DENSE_COMPLETIONS
     }
 
     /// Commits deferred replies whose entry's payload came back.
