@@ -21,6 +21,32 @@ pub struct QueueConfig {
     pub pool_cap: usize,
 }
 
+/// How each FUSE-over-io_uring queue holds requests and waits for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingQueueOptions {
+    /// Ring entries per queue: requests each queue holds at once.
+    pub depth: usize,
+    /// With at least this many requests in progress, and while completions
+    /// come densely, a queue waits for this many completions at once (up
+    /// to 50 µs); 1: for each as it comes.
+    pub wait_batch: usize,
+    /// While requests wait on backing I/O and the queue is not batching,
+    /// it polls up to this long for their completion before it sleeps
+    /// (zero: it sleeps at once).
+    pub busy_poll: std::time::Duration,
+}
+
+impl Default for RingQueueOptions {
+    /// Those of a lone queue in tests: no batching, no polling.
+    fn default() -> RingQueueOptions {
+        RingQueueOptions {
+            depth: 16,
+            wait_batch: 1,
+            busy_poll: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// What a queue reports when it ends.
 #[derive(Debug, Clone, Default)]
 pub struct QueueReport {

@@ -34,7 +34,7 @@ pub mod uring;
 pub mod watcher;
 
 pub use buffer::{AlignedBuf, Chain, PAGE_SIZE, Pool, PoolStats, Segment};
-pub use config::{QueueConfig, QueueReport};
+pub use config::{QueueConfig, QueueReport, RingQueueOptions};
 pub use handler::{BackingFile, BackingOp, Completion, Handler, Job, Waker};
 pub use init::{InitRequest, Negotiated};
 pub use jobs::QueueIo;

@@ -193,6 +193,25 @@ impl<S: squeue::EntryMarker + From<squeue::Entry>> Ring<S> {
         }
     }
 
+    /// Waits up to `budget` without sleeping for the kernel to have
+    /// something for this ring: a completion, or deferred task work (seen
+    /// through `IORING_SQ_TASKRUN`, so only on a ring set up with
+    /// `IORING_SETUP_TASKRUN_FLAG`). Yields the CPU on every round, so a
+    /// runnable thread on this CPU (often the client) is not held up.
+    /// Returns whether something came.
+    pub(crate) fn poll_for_work(&mut self, budget: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        loop {
+            if self.ring.submission().taskrun() || !self.ring.completion().is_empty() {
+                return true;
+            }
+            if start.elapsed() >= budget {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Whether completions wait to be reaped.
     pub(crate) fn has_completions(&mut self) -> bool {
         !self.ring.completion().is_empty()

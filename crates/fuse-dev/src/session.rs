@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use fuse_proto::abi::BackingMap;
 use rustix::fs::{Mode, OFlags};
 
-use crate::config::{QueueConfig, QueueReport, QueueSetup};
+use crate::config::{QueueConfig, QueueReport, QueueSetup, RingQueueOptions};
 use crate::handler::{Handler, Waker};
 use crate::init::{InitRequest, Negotiated, handshake};
 use crate::mount::{Mount, MountOptions, mount};
@@ -137,15 +137,14 @@ impl Session {
 impl Session {
     /// Starts the FUSE-over-io_uring transport: one ring queue per possible
     /// CPU (the kernel's count), each a thread pinned to its CPU with
-    /// `depth` entries on its own clone of the device, plus one `readv`
+    /// `ring.depth` entries on its own clone of the device, plus one `readv`
     /// queue on the mount's fd for what the kernel still sends there
     /// (INTERRUPT, FORGET). Needs `FUSE_OVER_IO_URING` granted at INIT.
     /// Then stats the file, like [`Session::start`] (the kernel holds every
     /// request back until each ring queue has registered its entries).
     pub fn start_uring<H, F>(
         self,
-        depth: usize,
-        wait_batch: usize,
+        ring: RingQueueOptions,
         config: QueueConfig,
         backing: Vec<RawFd>,
         factory: F,
@@ -162,8 +161,11 @@ impl Session {
         }
         let ring_queues = crate::uring::cpus::possible_cpus()?;
         let payload_len = crate::uring::payload_len(&self.negotiated);
-        let depth = depth.max(1);
-        let wait_batch = wait_batch.max(1);
+        let ring = RingQueueOptions {
+            depth: ring.depth.max(1),
+            wait_batch: ring.wait_batch.max(1),
+            ..ring
+        };
         let Session {
             device,
             mount,
@@ -185,8 +187,7 @@ impl Session {
                 fuse_fd: clone_device(&device)?,
                 backing: backing.clone(),
                 config: config.clone(),
-                depth,
-                wait_batch,
+                ring,
                 payload_len,
                 waker: wakers[index].clone(),
                 stop: stop.clone(),
@@ -410,8 +411,10 @@ where
         fuse_fd: fd,
         backing,
         config,
-        depth: depth.max(1),
-        wait_batch: 1,
+        ring: RingQueueOptions {
+            depth: depth.max(1),
+            ..RingQueueOptions::default()
+        },
         payload_len,
         waker,
         stop: Arc::new(AtomicBool::new(false)),

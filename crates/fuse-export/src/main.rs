@@ -11,11 +11,14 @@ use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use blockdev::{CacheMode, DirectOpens, Export, ExportOptions, Image, Locking};
 use clap::{Parser, ValueEnum};
 use fuse_dev::uring::ParamState;
-use fuse_dev::{InitRequest, MountOptions, QueueConfig, Running, Session, SpillLayout};
+use fuse_dev::{
+    InitRequest, MountOptions, QueueConfig, RingQueueOptions, Running, Session, SpillLayout,
+};
 use readiness::PidFile;
 
 /// The examples at the end of `--help` (the README has more).
@@ -83,6 +86,13 @@ struct Args {
     /// (docs/performance.md).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     uring_wait_batch: u16,
+
+    /// FUSE-over-io_uring only: while requests wait on the image (and the
+    /// queue is not batching), a ring queue polls up to this many
+    /// microseconds for them before it sleeps; 0 sleeps at once. Polling
+    /// trades CPU time for latency at low queue depth (docs/performance.md).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    uring_busy_poll: u16,
 
     /// How opens with O_DIRECT are served: `parallel-writers` (writers on
     /// the file run concurrently; the kernel sends the max_write pieces of a
@@ -535,8 +545,11 @@ fn run(args: Args) -> Result<(), Failure> {
         let depth = args.queue_depth as usize;
         session
             .start_uring(
-                depth,
-                args.uring_wait_batch as usize,
+                RingQueueOptions {
+                    depth,
+                    wait_batch: args.uring_wait_batch as usize,
+                    busy_poll: Duration::from_micros(args.uring_busy_poll.into()),
+                },
                 config,
                 backing,
                 move |context| factory_export.queue_handler(context),

@@ -160,6 +160,9 @@ pub(crate) fn build_ring(
         .setup_cqsize(sq * 2)
         .setup_single_issuer()
         .setup_defer_taskrun()
+        // Shows pending deferred work in the SQ flags, so a queue can poll
+        // for it without entering the kernel (`Ring::poll_for_work`).
+        .setup_taskrun_flag()
         .build(sq)?;
     let mut files = vec![device.as_raw_fd()];
     files.extend_from_slice(extra_files);
@@ -432,5 +435,41 @@ impl RingQueue {
         // delivery posted nor a reply unread, and `release_idle` discards
         // only such entries.
         unsafe { self.entries.release_idle() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A ring queue's ring sees deferred task work without entering the
+    /// kernel, which is what lets `--uring-busy-poll` poll without sleeping:
+    /// a timeout's completion is task work, run only inside a wait.
+    #[test]
+    fn queue_ring_shows_deferred_work_to_a_poller() {
+        let (device, _other_end) = rustix::pipe::pipe().unwrap();
+        let mut ring = build_ring(device.as_fd(), &[], 4).unwrap();
+        let ts = types::Timespec::from(Duration::from_millis(2));
+        let sqe = io_uring::opcode::Timeout::new(&ts).build().user_data(5);
+        // SAFETY: `ts` outlives the ring, and the kernel copies it when it
+        // takes the SQE.
+        unsafe { ring.push(&sqe.into()) }.unwrap();
+        ring.submit().unwrap();
+        let start = Instant::now();
+        assert!(ring.poll_for_work(Duration::from_secs(5)), "nothing came");
+        assert!(start.elapsed() >= Duration::from_millis(1));
+        // The work is deferred: no completion until the thread enters.
+        assert!(!ring.has_completions());
+        ring.submit_and_wait(1).unwrap();
+        let mut out = [(0, 0); 4];
+        assert_eq!(ring.reap(&mut out), 1);
+        assert_eq!(out[0], (5, -libc::ETIME));
+        // With nothing in flight, polling gives up after its budget.
+        let start = Instant::now();
+        assert!(!ring.poll_for_work(Duration::from_millis(3)));
+        assert!(start.elapsed() >= Duration::from_millis(3));
     }
 }
