@@ -115,6 +115,9 @@ const BATCH_MIN_WAIT: std::time::Duration = std::time::Duration::from_micros(50)
 /// came); when it runs out the loop just waits again.
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Waits without polling after a poll that came back empty.
+const POLL_BACKOFF_WAITS: u32 = 8;
+
 /// Completions one wait must bring for the next wait to be batched: more
 /// than one means they come faster than the thread wakes for them.
 const DENSE_COMPLETIONS: usize = 2;
@@ -323,6 +326,7 @@ pub(crate) fn run_uring_queue<H: Handler>(
         wait_batch: options.wait_batch,
         last_reaped: 0,
         busy_poll: options.busy_poll,
+        poll_backoff: 0,
     };
     {
         let (ring, memory) = guard.parts();
@@ -365,6 +369,8 @@ struct UringLoop {
     last_reaped: usize,
     /// See [`RingQueueOptions::busy_poll`].
     busy_poll: std::time::Duration,
+    /// Waits left before polling again after a poll that came back empty.
+    poll_backoff: u32,
 }
 
 impl UringLoop {
@@ -422,13 +428,15 @@ impl UringLoop {
             } else {
                 if self.batches_next_wait(memory.jobs.busy()) {
                     ring.submit_and_wait_batch(self.wait_batch, BATCH_MIN_WAIT, BATCH_TIMEOUT)?;
-                } else if !self.busy_poll.is_zero() && memory.jobs.busy() > 0 {
+                } else if self.polls_next_wait(memory.jobs.busy()) {
                     // Requests wait on the image (or on the handler); their
                     // client is likely asleep until they are answered, so
                     // this CPU is free. Sleeping now would cost a wake-up
                     // per completion (measured: 4k QD1, docs/performance.md).
                     ring.submit()?;
-                    ring.poll_for_work(self.busy_poll);
+                    if !ring.poll_for_work(self.busy_poll) {
+                        self.poll_backoff = POLL_BACKOFF_WAITS;
+                    }
                     ring.submit_and_wait(1)?;
                 } else {
                     ring.submit_and_wait(1)?;
@@ -486,6 +494,21 @@ impl UringLoop {
     /// not held back for a batch that will not come.
     fn batches_next_wait(&self, busy: usize) -> bool {
         self.wait_batch > 1 && busy >= self.wait_batch && self.last_reaped >= DENSE_COMPLETIONS
+    }
+
+    /// Whether the thread polls before its next wait: polling is on,
+    /// requests are in progress, and no recent poll came back empty (slow
+    /// backing I/O, such as 1 MiB requests, would make every poll a miss:
+    /// CPU burnt for nothing). Counts the back-off down.
+    fn polls_next_wait(&mut self, busy: usize) -> bool {
+        if self.busy_poll.is_zero() || busy == 0 {
+            return false;
+        }
+        if self.poll_backoff > 0 {
+            self.poll_backoff -= 1;
+            return false;
+        }
+        true
     }
 
     /// Commits deferred replies whose entry's payload came back.
