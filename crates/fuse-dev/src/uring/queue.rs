@@ -118,6 +118,10 @@ const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Waits without polling after a poll that came back empty.
 const POLL_BACKOFF_WAITS: u32 = 8;
 
+/// Requests in progress for which a queue polls (see
+/// `UringLoop::polls_next_wait`).
+const LONE_REQUEST: usize = 1;
+
 /// Completions one wait must bring for the next wait to be batched: more
 /// than one means they come faster than the thread wakes for them.
 const DENSE_COMPLETIONS: usize = 2;
@@ -363,7 +367,7 @@ struct UringLoop {
     stopping: bool,
     disconnected: bool,
     quiet: QuietNotice,
-    /// See [`UringSetup::wait_batch`].
+    /// See [`RingQueueOptions::wait_batch`].
     wait_batch: usize,
     /// Completions the last wait brought.
     last_reaped: usize,
@@ -429,10 +433,9 @@ impl UringLoop {
                 if self.batches_next_wait(memory.jobs.busy()) {
                     ring.submit_and_wait_batch(self.wait_batch, BATCH_MIN_WAIT, BATCH_TIMEOUT)?;
                 } else if self.polls_next_wait(memory.jobs.busy()) {
-                    // Requests wait on the image (or on the handler); their
-                    // client is likely asleep until they are answered, so
-                    // this CPU is free. Sleeping now would cost a wake-up
-                    // per completion (measured: 4k QD1, docs/performance.md).
+                    // A lone request waits on the image (or on the handler).
+                    // Sleeping now would cost a wake-up for its completion
+                    // (measured: 4k QD1, docs/performance.md).
                     ring.submit()?;
                     if !ring.poll_for_work(self.busy_poll) {
                         self.poll_backoff = POLL_BACKOFF_WAITS;
@@ -496,12 +499,18 @@ impl UringLoop {
         self.wait_batch > 1 && busy >= self.wait_batch && self.last_reaped >= DENSE_COMPLETIONS
     }
 
-    /// Whether the thread polls before its next wait: polling is on,
-    /// requests are in progress, and no recent poll came back empty (slow
+    /// Whether the thread polls before its next wait: polling is on, one
+    /// request is in progress, and no recent poll came back empty (slow
     /// backing I/O, such as 1 MiB requests, would make every poll a miss:
     /// CPU burnt for nothing). Counts the back-off down.
+    ///
+    /// Only a lone request: its client is most likely asleep until it is
+    /// answered, so this CPU is free. With more in progress the client is
+    /// often runnable on this same CPU (the kernel queues its requests to
+    /// the ring of its CPU), and a polling thread would take turns with it
+    /// (measured: 4k randread QD4 and 1M writes QD16 were slower).
     fn polls_next_wait(&mut self, busy: usize) -> bool {
-        if self.busy_poll.is_zero() || busy == 0 {
+        if self.busy_poll.is_zero() || busy != LONE_REQUEST {
             return false;
         }
         if self.poll_backoff > 0 {
