@@ -87,10 +87,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     uring_wait_batch: u16,
 
-    /// FUSE-over-io_uring only: while requests wait on the image (and the
-    /// queue is not batching), a ring queue polls up to this many
-    /// microseconds for them before it sleeps, and sleeps at once for a
-    /// while after a poll that came back empty; 0 never polls. Polling
+    /// FUSE-over-io_uring only: while a lone request waits on the image, a
+    /// ring queue polls up to this many microseconds for it before it
+    /// sleeps, and sleeps at once for a while after a poll that came back
+    /// empty; 0 never polls. Polling
     /// trades CPU time for latency at low queue depth: at 4k QD1, 50 µs
     /// (the default) took reads from 0.58x to 0.79x of the plain file for
     /// a third more CPU per request (docs/performance.md).
