@@ -30,14 +30,15 @@ pub struct RingQueueOptions {
     /// come densely, a queue waits for this many completions at once (up
     /// to 50 µs); 1: for each as it comes.
     pub wait_batch: usize,
-    /// While requests wait on backing I/O and the queue is not batching,
-    /// it polls up to this long for their completion before it sleeps
-    /// (zero: it sleeps at once).
+    /// While a lone request is in progress (waiting on backing I/O,
+    /// mostly), the queue polls up to this long for its completion before
+    /// it sleeps (zero: it sleeps at once).
     pub busy_poll: std::time::Duration,
 }
 
 impl Default for RingQueueOptions {
-    /// Those of a lone queue in tests: no batching, no polling.
+    /// The server's default depth, without batching or polling (what the
+    /// single fake-device queue of tests runs with).
     fn default() -> RingQueueOptions {
         RingQueueOptions {
             depth: 16,
