@@ -24,7 +24,7 @@
 //! still up (measured: it left the mount behind after kill -9).
 //!
 //! The watcher also makes the server's own stat of the export
-//! ([`Watcher::stat`]): the kernel learns the file's size only from a
+//! (`Watcher::stat`): the kernel learns the file's size only from a
 //! GETATTR, so the export is stat'ed once its queues serve. A stat from a
 //! thread of the server itself can make the server unkillable: once a
 //! queue thread has read that GETATTR, the stat waits for its answer
