@@ -36,18 +36,6 @@ pub struct RingQueueOptions {
     pub busy_poll: std::time::Duration,
 }
 
-impl Default for RingQueueOptions {
-    /// The server's default depth, without batching or polling (what the
-    /// single fake-device queue of tests runs with).
-    fn default() -> RingQueueOptions {
-        RingQueueOptions {
-            depth: 16,
-            wait_batch: 1,
-            busy_poll: std::time::Duration::ZERO,
-        }
-    }
-}
-
 /// What a queue reports when it ends.
 #[derive(Debug, Clone, Default)]
 pub struct QueueReport {

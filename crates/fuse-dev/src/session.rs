@@ -411,9 +411,12 @@ where
         fuse_fd: fd,
         backing,
         config,
+        // The fake-device queue waits for one completion at a time and
+        // never polls.
         ring: RingQueueOptions {
             depth: depth.max(1),
-            ..RingQueueOptions::default()
+            wait_batch: 1,
+            busy_poll: std::time::Duration::ZERO,
         },
         payload_len,
         waker,
