@@ -1,5 +1,6 @@
 //! The machine: /proc readings, caches, mounts, signals, tools.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,6 +31,22 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// /proc/PID/status: `vmrss` and `vmhwm` (KiB), `threads`.
 pub fn status(pid: u32) -> Option<Status> {
     process(pid)?.status().ok()
+}
+
+/// Context switches (voluntary plus involuntary) of each live thread of
+/// process `pid`, by thread id; empty when the process is gone.
+pub fn context_switches_by_thread(pid: u32) -> HashMap<i32, u64> {
+    let Some(tasks) = process(pid).and_then(|p| p.tasks().ok()) else {
+        return HashMap::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let status = task.status().ok()?;
+            let switches = status.voluntary_ctxt_switches? + status.nonvoluntary_ctxt_switches?;
+            Some((task.tid, switches))
+        })
+        .collect()
 }
 
 /// `path` as /proc/self/mountinfo writes it: space, tab, newline and

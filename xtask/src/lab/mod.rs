@@ -12,6 +12,7 @@
 //! - [`runner`]: runs it, one fresh server per run, with progress lines
 //! - [`target`], [`workload`], [`fio`], [`loop_fs`], [`host`]: servers,
 //!   clients, the machine
+//! - [`profile`]: `--profile`, perf profiles of extra runs
 //! - [`results`], [`report`], [`plot`]: numbers to files
 
 mod fio;
@@ -19,6 +20,7 @@ mod host;
 mod loop_fs;
 pub mod plan;
 mod plot;
+mod profile;
 mod report;
 mod results;
 mod runner;
@@ -73,6 +75,11 @@ pub struct LabArgs {
     /// (comma-separated or repeated; combined with each --transport).
     #[arg(long, value_name = "N", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_depth: Vec<u32>,
+    /// After the repetitions of each case, run each server target once
+    /// more under `perf record -a -g` (not counted in the numbers) and put
+    /// where the time went in the report (needs perf: package linux-perf).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 impl LabArgs {
@@ -80,6 +87,7 @@ impl LabArgs {
         let mut settings = Settings::new(self.quick);
         settings.repetitions = self.repetitions.unwrap_or(settings.repetitions);
         settings.fio_runtime_secs = self.fio_runtime.unwrap_or(settings.fio_runtime_secs);
+        settings.profile = self.profile;
         settings
     }
 
@@ -252,13 +260,14 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         image_size: size,
         mountpoint: scratch.join("export.img"),
         logs,
+        out_dir: out_dir.clone(),
         source,
         ext4_dir: scratch.join("ext4"),
         server,
         alloc_server,
     };
     let mut runner = Runner::new(&plan, &workspace);
-    let records = runner.run_groups();
+    let (records, profiles) = runner.run_groups();
     let allocs = runner.run_alloc_probes();
     let interrupted = host::interrupted();
 
@@ -274,6 +283,7 @@ pub fn run(args: LabArgs) -> Result<(), String> {
         plan,
         records,
         allocs,
+        profiles,
         context,
     };
     let written = report::write_all(&results, &out_dir)?;

@@ -26,6 +26,9 @@ pub struct Settings {
     /// fio run lengths of an allocation probe: a short and a long run whose
     /// difference cancels start-up and warm-up allocations.
     pub alloc_probe_secs: (u32, u32),
+    /// `--profile`: after its repetitions, each server target of a group
+    /// runs once more under `perf record` (not counted in the numbers).
+    pub profile: bool,
 }
 
 impl Settings {
@@ -37,6 +40,7 @@ impl Settings {
             knob_copy_size: if quick { 256 * MIB } else { GIB },
             fio_runtime_secs: if quick { 2 } else { 6 },
             alloc_probe_secs: if quick { (1, 3) } else { (2, 6) },
+            profile: false,
         }
     }
 
@@ -659,6 +663,8 @@ pub struct Plan {
 
 /// Dropping caches, starting and stopping a server, spawning the client.
 const OVERHEAD_PER_RUN: f64 = 1.5;
+/// perf's start-up wait, writing its data and the two `perf report`s.
+const PROFILE_REPORT_SECS: f64 = 8.0;
 
 /// The workloads every main target runs.
 fn matrix_workloads(settings: &Settings) -> Vec<Workload> {
@@ -860,7 +866,20 @@ impl Plan {
     /// Workload runs in total (every target, every repetition).
     pub fn run_count(&self) -> usize {
         let per_rep: usize = self.groups.iter().map(|group| group.targets.len()).sum();
-        per_rep * self.settings.repetitions as usize + self.alloc_probes.len() * 2
+        per_rep * self.settings.repetitions as usize
+            + self.alloc_probes.len() * 2
+            + self.profiled_runs().count()
+    }
+
+    /// The extra runs of `--profile`: each server target of each group.
+    pub fn profiled_runs(&self) -> impl Iterator<Item = (&Group, &Target)> {
+        let profile = self.settings.profile;
+        self.groups.iter().flat_map(move |group| {
+            let servers = group.targets.iter().filter(|t| **t != Target::Plain);
+            servers
+                .filter(move |_| profile)
+                .map(move |target| (group, target))
+        })
     }
 
     /// A rough duration of one run of `target` in `group`.
@@ -894,7 +913,11 @@ impl Plan {
             .iter()
             .map(|_| self.probe_estimate_secs())
             .sum();
-        groups + probes
+        let profiles: f64 = self
+            .profiled_runs()
+            .map(|(group, target)| self.run_estimate_secs(group, target) + PROFILE_REPORT_SECS)
+            .sum();
+        groups + probes + profiles
     }
 
     /// The listing `--dry-run` prints.
@@ -927,6 +950,14 @@ impl Plan {
             for probe in &self.alloc_probes {
                 let _ = writeln!(out, "  {}  ({short} s and {long} s)", probe.case_id());
             }
+        }
+        if settings.profile {
+            let runs = self.profiled_runs().count();
+            let _ = writeln!(
+                out,
+                "\nprofiled: {runs} more run(s), each server target of each group once under \
+                 `perf record -a -g`"
+            );
         }
         if !self.skipped.is_empty() {
             out.push_str("\nnot run:\n");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::plan::size_long;
 use super::plan::{AllocProbe, Duration, KNOBS, Metric, ServerOptions, TRANSPORT, Workload};
 use super::plot;
-use super::results::{AllocCounts, Case, LabResults, Outcome, ServerUsage, Summary};
+use super::results::{AllocCounts, Case, LabResults, Outcome, ProfileRecord, ServerUsage, Summary};
 
 /// `950`, `52.1k`, `1.23M`: IOPS in progress lines, tables and plots.
 pub fn compact(value: f64) -> String {
@@ -176,6 +176,8 @@ struct ResultRow<'a> {
     peak_rss_kib: Option<u64>,
     idle_threads: Option<u64>,
     max_threads: Option<u64>,
+    server_context_switches: Option<u64>,
+    context_switches_per_io: Option<f64>,
     fuse_requests: Option<u64>,
     spilled_writes: Option<u64>,
 }
@@ -243,6 +245,10 @@ pub fn results_csv(results: &LabResults) -> Result<String, String> {
             peak_rss_kib: s.map(|s| s.peak_rss_kib),
             idle_threads: s.map(|s| s.idle_threads),
             max_threads: s.map(|s| s.max_threads),
+            server_context_switches: s.map(|s| s.context_switches),
+            context_switches_per_io: rounded(
+                m.zip(s).and_then(|(m, s)| s.context_switches_per_io(m)),
+            ),
             fuse_requests: s.and_then(|s| s.requests),
             spilled_writes: s.and_then(|s| s.spilled),
         }
@@ -590,7 +596,9 @@ const URING_AGAINST_READV: &str = "\n## uring against readv\n\n`--transport auto
 
 const SERVER_COST: &str = "\n## Server cost (median per run)\n\nCPU is user+system time of the \
     whole server process (all threads, io_uring workers included) during the workload, per \
-    client I/O for fio and per GiB otherwise; RSS is VmHWM of a server started fresh for the \
+    client I/O for fio and per GiB otherwise; for fio also the server's context switches \
+    per client I/O (cs/io: how often its threads slept and woke, summed over threads \
+    sampled every 50 ms); RSS is VmHWM of a server started fresh for the \
     run; threads is the most seen while it ran.\n\n";
 
 const ALLOCATIONS: &str = "\n## Allocations per request\n\nfuse-export built with `--features \
@@ -599,6 +607,67 @@ const ALLOCATIONS: &str = "\n## Allocations per request\n\nfuse-export built wit
     the same in both runs, so (long − short allocations) ÷ (long − short FUSE requests) is the \
     steady-state cost per request. Requests come from the server's own `QueueReport` \
     counters.\n\n";
+
+const PROFILES: &str = "\n## Profiles\n\nWith `--profile`, each server target ran once more \
+    after its repetitions with `perf record -a -g` sampling every CPU (the client, the server \
+    and the kernel share them). Shares are of all samples on all CPUs; `swapper` is an idle \
+    CPU; thread names have their numbers replaced by N. The full reports, with call chains, \
+    are in `profiles/`.\n";
+
+/// One profiled case: who had the CPUs, and the top symbols.
+fn profile_section(md: &mut String, results: &LabResults, record: &ProfileRecord) {
+    let group = &results.plan.groups[record.group];
+    let target = &group.targets[record.target];
+    let _ = write!(md, "\n### `{}`\n\n", group.case_id(target));
+    let (profile, measurement) = match &record.outcome {
+        Ok(outcome) => outcome,
+        Err(reason) => {
+            let _ = writeln!(md, "Not profiled: {reason}");
+            return;
+        }
+    };
+    let metric = group.workload.metric();
+    let unprofiled = results
+        .case(record.group, record.target)
+        .summary(|m, _| m.value(metric));
+    if let Some(value) = measurement.value(metric) {
+        let _ = write!(
+            md,
+            "Profiled run: {} {}",
+            format_value(metric, value),
+            metric.unit()
+        );
+        if let Some(unprofiled) = unprofiled {
+            let median = format_value(metric, unprofiled.median);
+            let _ = write!(md, " (without perf: median {median})");
+        }
+        md.push_str(". ");
+    }
+    let threads: Vec<String> = profile
+        .by_thread
+        .iter()
+        .take(6)
+        .map(|(kind, share)| format!("{kind} {share:.1} %"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "By thread: {}. [Full report]({})\n",
+        threads.join(", "),
+        profile.report.display()
+    );
+    let rows = profile.top.iter().map(|line| {
+        vec![
+            format!("{:.1} %", line.percent),
+            format!("`{}`", line.command),
+            format!("`{}`", line.symbol),
+        ]
+    });
+    table(
+        md,
+        ["share", "thread", "symbol"].map(String::from).to_vec(),
+        rows,
+    );
+}
 
 pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
     let plan = &results.plan;
@@ -722,7 +791,15 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
                     case.as_ref().and_then(per_io),
                     case.as_ref().and_then(per_gib),
                 ) {
-                    (Some(us), _) => format!("{:.1} µs/io", us.median),
+                    (Some(us), _) => {
+                        let switches = case
+                            .as_ref()
+                            .and_then(|c| c.summary(|m, s| s?.context_switches_per_io(m)));
+                        match switches {
+                            Some(cs) => format!("{:.1} µs/io, {:.2} cs/io", us.median, cs.median),
+                            None => format!("{:.1} µs/io", us.median),
+                        }
+                    }
                     (None, Some(ms)) => format!("{:.0} ms/GiB", ms.median),
                     _ => "—".into(),
                 }
@@ -808,6 +885,13 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
         table(&mut md, header.map(String::from).to_vec(), rows);
     }
 
+    if !results.profiles.is_empty() {
+        md.push_str(PROFILES);
+        for record in &results.profiles {
+            profile_section(&mut md, results, record);
+        }
+    }
+
     let mut problems = Vec::new();
     for (index, group) in plan.groups.iter().enumerate() {
         for (target, t) in group.targets.iter().enumerate() {
@@ -845,6 +929,7 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
 mod tests {
     use super::*;
     use crate::lab::plan::{Plan, ServerCapabilities, Settings, Target};
+    use crate::lab::profile::{Profile, ProfileLine};
     use crate::lab::results::{AllocRecord, RunContext, RunRecord, ServerUsage};
     use crate::lab::workload::Measurement;
 
@@ -882,6 +967,7 @@ mod tests {
                             peak_rss_kib: 9000,
                             idle_threads: 4,
                             max_threads: 8,
+                            context_switches: 2000,
                             requests: Some(1000),
                             spilled: Some(0),
                         }),
@@ -910,12 +996,55 @@ mod tests {
                 outcome: Err("no alloc-count feature".into()),
             },
         ];
+        let profiles = fake_profiles(&plan);
         LabResults {
             plan,
+            profiles,
             records,
             allocs,
             context: RunContext::default(),
         }
+    }
+
+    /// The first group's fuse-export target profiled, its qsd not.
+    fn fake_profiles(plan: &Plan) -> Vec<ProfileRecord> {
+        let target =
+            |wanted: fn(&Target) -> bool| plan.groups[0].targets.iter().position(wanted).unwrap();
+        let line = |percent, command: &str, symbol: &str| ProfileLine {
+            percent,
+            command: command.into(),
+            symbol: symbol.into(),
+        };
+        let top = vec![
+            line(30.0, "swapper", "[k] pv_native_safe_halt"),
+            line(17.5, "fuse-queue-0", "[k] __pi_memcpy"),
+            line(12.5, "fuse-queue-1", "[k] __pi_memcpy"),
+        ];
+        let profile = Profile {
+            by_thread: vec![("fuse-queue-N".into(), 30.0), ("swapper".into(), 30.0)],
+            top,
+            report: PathBuf::from("profiles/x.txt"),
+        };
+        let measurement = Measurement {
+            seconds: 2.0,
+            bytes: 1 << 20,
+            ios: Some(1000),
+            iops: Some(95_000.0),
+            lat_p50_us: None,
+            lat_p99_us: None,
+        };
+        vec![
+            ProfileRecord {
+                group: 0,
+                target: target(|t| matches!(t, Target::FuseExport(_))),
+                outcome: Ok((profile, measurement)),
+            },
+            ProfileRecord {
+                group: 0,
+                target: target(|t| *t == Target::Qsd),
+                outcome: Err("perf is not installed (package linux-perf)".into()),
+            },
+        ]
     }
 
     #[test]
@@ -945,7 +1074,12 @@ mod tests {
             "| `fio-randread-4k-qd1-io_uring` | 100 / 300 | 100 / 300 | — |",
             "| workload | fuse-export CPU | qsd CPU | fuse-export RSS idle / peak | qsd RSS idle \
              / peak | threads idle → max, fuse-export / qsd |",
-            "| `dd-read-1M` | 500.0 µs/io | — | 2.9 MiB / 8.8 MiB | — | 4 → 8 / — |",
+            "| `dd-read-1M` | 500.0 µs/io, 2.00 cs/io | — | 2.9 MiB / 8.8 MiB | — | 4 → 8 / — |",
+            "Profiled run: 2.00 s (without perf: median 1.20). By thread: fuse-queue-N \
+             30.0 %, swapper 30.0 %. [Full report](profiles/x.txt)\n\n| share | thread | \
+             symbol |\n| --- | --- | --- |\n| 30.0 % | `swapper` | `[k] pv_native_safe_halt` |\n\
+             | 17.5 % | `fuse-queue-0` | `[k] __pi_memcpy` |\n",
+            "/qsd`\n\nNot profiled: perf is not installed (package linux-perf)\n",
             "### queues",
             "| workload | plain | fuse-export[queues=1] | fuse-export |",
             "| `fio-randwrite-4k-qd32-io_uring` | 500 / 1000 | 500 / 3000 | 0.0000 | 0.1667 |",
@@ -1050,9 +1184,13 @@ mod tests {
         let csv = results_csv(&results).unwrap();
         let mut reader = csv::Reader::from_reader(csv.as_bytes());
         let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(header.len(), 25);
+        assert_eq!(header.len(), 27);
         assert_eq!(header[..3], ["group", "workload", "target"]);
-        assert_eq!(header[24], "spilled_writes");
+        assert_eq!(
+            header[23..25],
+            ["server_context_switches", "context_switches_per_io"]
+        );
+        assert_eq!(header[26], "spilled_writes");
         let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), results.records.len());
         let failed = rows.iter().find(|r| &r[4] == "failed").unwrap();
@@ -1062,6 +1200,8 @@ mod tests {
             .find(|r| &r[2] == "fuse-export" && &r[6] == "IOPS")
             .unwrap();
         assert_eq!(&measured[8], "0.9");
+        // 2000 switches over 1000 client I/Os.
+        assert_eq!(&measured[24], "2.0");
 
         let allocations = allocations_csv(&results).unwrap();
         let mut lines = allocations.lines();

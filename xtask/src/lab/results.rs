@@ -4,6 +4,7 @@
 //! of its repetitions, with the minimum and maximum as the spread.
 
 use super::plan::{Group, Plan, Target};
+use super::profile::Profile;
 use super::workload::Measurement;
 
 /// Median, minimum and maximum of a non-empty sample.
@@ -55,6 +56,9 @@ pub struct ServerUsage {
     pub idle_threads: u64,
     /// Most threads seen while the workload ran (io_uring workers included).
     pub max_threads: u64,
+    /// Context switches of all its threads during the workload (sampled,
+    /// see `target::sample_during`).
+    pub context_switches: u64,
     /// FUSE requests the server read (fuse-export's `QueueReport` lines).
     pub requests: Option<u64>,
     /// WRITE requests that used a spill-over tier.
@@ -72,6 +76,13 @@ impl ServerUsage {
     pub fn cpu_us_per_io(&self, measurement: &Measurement) -> Option<f64> {
         let ios = measurement.ios.filter(|&ios| ios > 0)?;
         Some(self.cpu_seconds * 1e6 / ios as f64)
+    }
+
+    /// Server context switches per client I/O (fio only): how often the
+    /// server slept and woke for each request.
+    pub fn context_switches_per_io(&self, measurement: &Measurement) -> Option<f64> {
+        let ios = measurement.ios.filter(|&ios| ios > 0)?;
+        Some(self.context_switches as f64 / ios as f64)
     }
 }
 
@@ -165,6 +176,16 @@ pub struct AllocRecord {
     pub outcome: Result<AllocCounts, String>,
 }
 
+/// The `--profile` run of one server target of one group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRecord {
+    pub group: usize,
+    pub target: usize,
+    /// The profile and what the workload measured under perf (perf costs
+    /// some speed, so this run is not among the repetitions).
+    pub outcome: Result<(Profile, Measurement), String>,
+}
+
 /// Facts about the run the report states.
 #[derive(Debug, Clone, Default)]
 pub struct RunContext {
@@ -182,6 +203,7 @@ pub struct LabResults {
     pub plan: Plan,
     pub records: Vec<RunRecord>,
     pub allocs: Vec<AllocRecord>,
+    pub profiles: Vec<ProfileRecord>,
     pub context: RunContext,
 }
 

@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use super::host;
 use super::plan::{AllocProbe, Duration, FioJob, Group, Plan, Target, Workload};
+use super::profile::{self, Profile, Recording};
 use super::report::compact;
-use super::results::{AllocCounts, AllocRecord, Outcome, RunRecord, ServerUsage, ratio_to_plain};
+use super::results::ratio_to_plain;
+use super::results::{AllocCounts, AllocRecord, Outcome, ProfileRecord, RunRecord, ServerUsage};
 use super::target::{self, ServerProcess};
 use super::workload::{self, ClientFiles, Measurement};
 
@@ -17,6 +19,8 @@ pub struct Workspace {
     pub image_size: u64,
     pub mountpoint: PathBuf,
     pub logs: PathBuf,
+    /// Where the report goes (profiles are written under it).
+    pub out_dir: PathBuf,
     /// Random raw image `qemu-img convert` reads (at least as large as any
     /// convert workload).
     pub source: PathBuf,
@@ -51,45 +55,100 @@ impl<'a> Runner<'a> {
 
     /// Every group, repetitions interleaved (plain, fuse-export, qsd, plain,
     /// ...), the target order rotated per repetition so no target always
-    /// runs right after the same neighbour. Stops early on Ctrl-C.
-    pub fn run_groups(&mut self) -> Vec<RunRecord> {
+    /// runs right after the same neighbour; then, with `--profile`, each
+    /// server target once more under perf. Stops early on Ctrl-C.
+    pub fn run_groups(&mut self) -> (Vec<RunRecord>, Vec<ProfileRecord>) {
         let mut records: Vec<RunRecord> = Vec::new();
-        let repetitions = self.plan.settings.repetitions;
+        let mut profiles = Vec::new();
         for (group_index, group) in self.plan.groups.iter().enumerate() {
-            for repetition in 0..repetitions {
-                let count = group.targets.len();
-                for target_index in (0..count).map(|offset| (offset + repetition as usize) % count)
-                {
-                    if host::interrupted() {
-                        return records;
-                    }
-                    let target = &group.targets[target_index];
-                    let outcome = self.run_case(group, target, repetition);
-                    let record = RunRecord {
-                        group: group_index,
-                        target: target_index,
-                        repetition,
-                        outcome,
-                    };
-                    let detail = match &record.outcome {
-                        Outcome::Measured {
-                            measurement,
-                            server,
-                        } => {
-                            let ratio = ratio_to_plain(&records, &record, group);
-                            describe_measurement(measurement, server.as_ref(), ratio)
-                        }
-                        other => other.problem().unwrap_or_default(),
-                    };
-                    self.estimated_done += self.plan.run_estimate_secs(group, target);
-                    let case = group.case_id(target);
-                    let rep = repetition + 1;
-                    self.progress(1, &format!("{case} rep {rep}/{repetitions}: {detail}"));
-                    records.push(record);
-                }
+            self.run_repetitions(group_index, group, &mut records);
+            if self.plan.settings.profile {
+                self.run_profiles(group_index, group, &mut profiles);
             }
         }
-        records
+        (records, profiles)
+    }
+
+    fn run_profiles(&mut self, group_index: usize, group: &Group, out: &mut Vec<ProfileRecord>) {
+        for (target_index, target) in group.targets.iter().enumerate() {
+            if *target == Target::Plain || host::interrupted() {
+                continue;
+            }
+            let outcome = match self.unavailable(&group.workload, target) {
+                Some(reason) => Err(reason),
+                None => self.profile_case(group, target),
+            };
+            let detail = match &outcome {
+                Ok((profile, _)) => {
+                    let top = profile.top.iter().take(3).map(|line| {
+                        format!("{:.1}% {} {}", line.percent, line.command, line.symbol)
+                    });
+                    format!(
+                        "{}; {}",
+                        top.collect::<Vec<_>>().join(", "),
+                        profile.report.display()
+                    )
+                }
+                Err(reason) => format!("failed: {reason}"),
+            };
+            self.estimated_done += self.plan.run_estimate_secs(group, target);
+            let case = group.case_id(target);
+            self.progress(1, &format!("{case} profiled: {detail}"));
+            out.push(ProfileRecord {
+                group: group_index,
+                target: target_index,
+                outcome,
+            });
+        }
+    }
+
+    fn profile_case(
+        &self,
+        group: &Group,
+        target: &Target,
+    ) -> Result<(Profile, Measurement), String> {
+        let stem = run_stem(group, target, "profile");
+        let data = self.workspace.logs.join(format!("{stem}.perf.data"));
+        let (measurement, _, _) =
+            self.measure(&group.workload, target, &stem, None, Some(&data))?;
+        let report = PathBuf::from("profiles").join(format!("{stem}.txt"));
+        let profile = profile::summarize(&data, &self.workspace.out_dir, &report)?;
+        Ok((profile, measurement))
+    }
+
+    fn run_repetitions(&mut self, group_index: usize, group: &Group, records: &mut Vec<RunRecord>) {
+        let repetitions = self.plan.settings.repetitions;
+        for repetition in 0..repetitions {
+            let count = group.targets.len();
+            for target_index in (0..count).map(|offset| (offset + repetition as usize) % count) {
+                if host::interrupted() {
+                    return;
+                }
+                let target = &group.targets[target_index];
+                let outcome = self.run_case(group, target, repetition);
+                let record = RunRecord {
+                    group: group_index,
+                    target: target_index,
+                    repetition,
+                    outcome,
+                };
+                let detail = match &record.outcome {
+                    Outcome::Measured {
+                        measurement,
+                        server,
+                    } => {
+                        let ratio = ratio_to_plain(&records, &record, group);
+                        describe_measurement(measurement, server.as_ref(), ratio)
+                    }
+                    other => other.problem().unwrap_or_default(),
+                };
+                self.estimated_done += self.plan.run_estimate_secs(group, target);
+                let case = group.case_id(target);
+                let rep = repetition + 1;
+                self.progress(1, &format!("{case} rep {rep}/{repetitions}: {detail}"));
+                records.push(record);
+            }
+        }
     }
 
     /// One progress line, with the plan's estimate of what is left scaled
@@ -129,10 +188,8 @@ impl<'a> Runner<'a> {
         if let Some(reason) = self.unavailable(&group.workload, target) {
             return Outcome::Unavailable(reason);
         }
-        let (name, workload) = (&group.name, group.workload.id());
-        let stem = format!("{name}-{workload}-{}-rep{}", target.label(), repetition + 1)
-            .replace(['/', '[', ']', '=', ',', '+'], "_");
-        match self.measure(&group.workload, target, &stem, None) {
+        let stem = run_stem(group, target, &format!("rep{}", repetition + 1));
+        match self.measure(&group.workload, target, &stem, None, None) {
             Ok((measurement, server, _log)) => Outcome::Measured {
                 measurement,
                 server,
@@ -143,13 +200,15 @@ impl<'a> Runner<'a> {
 
     /// Starts the target, sets the workload up, runs it, takes it down and
     /// stops the target; returns the server's log too. `binary` overrides
-    /// the fuse-export binary (the alloc-count build).
+    /// the fuse-export binary (the alloc-count build); with `perf_data`,
+    /// perf records every CPU into it while the workload runs.
     fn measure(
         &self,
         workload: &Workload,
         target: &Target,
         stem: &str,
         binary: Option<&Path>,
+        perf_data: Option<&Path>,
     ) -> Result<(Measurement, Option<ServerUsage>, String), String> {
         let ws = self.workspace;
         let client = ClientFiles {
@@ -193,9 +252,14 @@ impl<'a> Runner<'a> {
         // before it, on errors too.
         let prepared = workload::prepare(workload, &ws.mountpoint, ws.image_size, client)?;
         host::drop_caches(&ws.image)?;
+        let perf_log = ws.logs.join(format!("{stem}.perf.log"));
+        let recording = perf_data
+            .map(|data| Recording::start(data, &perf_log))
+            .transpose()?;
         let cpu_before = host::cpu_seconds(pid);
-        let (result, max_threads) = target::most_threads_during(pid, || prepared.run());
+        let (result, samples) = target::sample_during(pid, || prepared.run());
         let cpu_after = host::cpu_seconds(pid);
+        recording.map(Recording::stop).transpose()?;
         let peak_rss_kib = host::status(pid).and_then(|s| s.vmhwm).unwrap_or(0);
         drop(prepared);
         let stopped = server.stop();
@@ -209,7 +273,8 @@ impl<'a> Runner<'a> {
             idle_rss_kib: idle.as_ref().and_then(|s| s.vmrss).unwrap_or(0),
             peak_rss_kib,
             idle_threads: idle.map_or(0, |s| s.threads),
-            max_threads,
+            max_threads: samples.max_threads,
+            context_switches: samples.context_switches,
             requests,
             spilled,
         };
@@ -264,7 +329,7 @@ impl<'a> Runner<'a> {
                 ..probe.job
             });
             let stem = format!("{}-{secs}s", probe.case_id()).replace(['/', '[', ']', '='], "_");
-            let (_, usage, log) = self.measure(&job, &target, &stem, Some(binary))?;
+            let (_, usage, log) = self.measure(&job, &target, &stem, Some(binary), None)?;
             let allocations = target::allocations(&log)
                 .ok_or("the alloc-count build logged no `allocations:` line at exit")?;
             let requests = usage
@@ -283,6 +348,14 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// Log file names of one run: `group-workload-target-suffix`, with the
+/// characters of ids that are awkward in file names replaced.
+fn run_stem(group: &Group, target: &Target, suffix: &str) -> String {
+    let (name, workload) = (&group.name, group.workload.id());
+    format!("{name}-{workload}-{}-{suffix}", target.label())
+        .replace(['/', '[', ']', '=', ',', '+'], "_")
+}
+
 fn describe_measurement(
     measurement: &Measurement,
     server: Option<&ServerUsage>,
@@ -298,6 +371,9 @@ fn describe_measurement(
     if let Some(server) = server {
         if let Some(us) = server.cpu_us_per_io(measurement) {
             parts.push(format!("cpu {us:.1} µs/io"));
+            if let Some(switches) = server.context_switches_per_io(measurement) {
+                parts.push(format!("{switches:.2} cs/io"));
+            }
         } else if let Some(ms) = server.cpu_ms_per_gib(measurement) {
             parts.push(format!("cpu {ms:.0} ms/GiB"));
         }

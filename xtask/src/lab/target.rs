@@ -4,6 +4,7 @@
 //! early return) stops the server by PID and makes sure nothing stays
 //! mounted, with `umount -l` as the last resort.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -199,24 +200,56 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Runs `work` while sampling the thread count of process `pid`: io_uring
-/// workers come and go, so the count after the run would miss them.
-/// Returns the work's result and the most threads seen.
-pub fn most_threads_during<T>(pid: u32, work: impl FnOnce() -> T) -> (T, u64) {
-    let threads = move || host::status(pid).map_or(0, |status| status.threads);
+/// What [`sample_during`] saw of a server process while its workload ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSamples {
+    /// Most threads seen at once (io_uring workers included).
+    pub max_threads: u64,
+    /// Context switches (voluntary and not) of all its threads during the
+    /// work: how often the server slept and was woken, or was preempted.
+    pub context_switches: u64,
+}
+
+/// Runs `work` while sampling the threads of process `pid` every
+/// [`THREAD_SAMPLE_INTERVAL`]: io_uring workers come and go, so reading
+/// once after the run would miss them and their context switches. A thread
+/// that starts and ends between two samples is missed. Returns the work's
+/// result and what the samples saw.
+pub fn sample_during<T>(pid: u32, work: impl FnOnce() -> T) -> (T, ProcessSamples) {
+    let before = host::context_switches_by_thread(pid);
     // Dropping `stop`, after the work or while a panic unwinds, ends the
     // sampler.
     let (stop, stopped) = mpsc::channel::<()>();
     let sampler = thread::spawn(move || {
-        let mut max = threads();
+        let mut max_threads = 0;
+        let mut latest = HashMap::new();
+        let mut sample = || {
+            let now = host::context_switches_by_thread(pid);
+            max_threads = max_threads.max(now.len() as u64);
+            latest.extend(now);
+        };
+        sample();
         while stopped.recv_timeout(THREAD_SAMPLE_INTERVAL) == Err(RecvTimeoutError::Timeout) {
-            max = max.max(threads());
+            sample();
         }
-        max.max(threads())
+        sample();
+        // A thread born during the work counts from zero.
+        let context_switches = latest
+            .iter()
+            .map(|(tid, &count)| count.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+            .sum();
+        ProcessSamples {
+            max_threads,
+            context_switches,
+        }
     });
     let result = work();
     drop(stop);
-    (result, sampler.join().unwrap_or(0))
+    let samples = sampler.join().unwrap_or(ProcessSamples {
+        max_threads: 0,
+        context_switches: 0,
+    });
+    (result, samples)
 }
 
 /// Requests and spilled writes summed over the server's `QueueReport` debug
@@ -267,23 +300,29 @@ mod tests {
     }
 
     #[test]
-    fn thread_sampling_sees_threads_the_work_started() {
+    fn sampling_sees_threads_the_work_started_and_their_sleeps() {
         // The workers wait at the barrier until after the sampling ended,
         // so its last sample sees them whatever the scheduling.
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
-        let (workers, max) = most_threads_during(std::process::id(), || {
+        let (workers, samples) = sample_during(std::process::id(), || {
             let spawn = |barrier: std::sync::Arc<std::sync::Barrier>| {
                 thread::spawn(move || {
                     barrier.wait();
                 })
             };
-            (0..3).map(|_| spawn(barrier.clone())).collect::<Vec<_>>()
+            let workers = (0..3).map(|_| spawn(barrier.clone())).collect::<Vec<_>>();
+            // Long enough for the workers to block at the barrier (each
+            // one context switch) and for a sample in between.
+            thread::sleep(THREAD_SAMPLE_INTERVAL * 3);
+            workers
         });
         barrier.wait();
         workers
             .into_iter()
             .for_each(|worker| worker.join().unwrap());
         // The test's own thread, the sampler and the three workers.
-        assert!(max >= 5, "{max}");
+        assert!(samples.max_threads >= 5, "{samples:?}");
+        // Each worker slept at the barrier at least once.
+        assert!(samples.context_switches >= 3, "{samples:?}");
     }
 }
