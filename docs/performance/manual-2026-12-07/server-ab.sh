@@ -1,6 +1,7 @@
 #!/bin/bash
 # By-hand A/B of server options (2026-12-07: --uring-wait-batch,
-# --uring-busy-poll). $1: the server's options (e.g. "--transport uring
+# --uring-busy-poll); SERVER=PATH times another build of fuse-export.
+# $1: the server's options (e.g. "--transport uring
 # --uring-busy-poll 50"), or `plain` for fio on the image itself; $2: fio
 # options. Run from anywhere as root, inside `cargo run -p fuse-dev
 # --example with_enable_uring -- ...` for uring; needs target/exp/disk.raw
@@ -20,7 +21,7 @@ print('plain', '$2', 'iops',int(j[k]['iops']), 'p50', int(j[k]['clat_ns']['perce
   exit
 fi
 rm -f $D/pid
-RUST_LOG=info target/release/fuse-export --image $IMG --mount $MNT --pidfile $D/pid $1 >$D/server.log 2>&1 &
+RUST_LOG=info ${SERVER:-target/release/fuse-export} --image $IMG --mount $MNT --pidfile $D/pid $1 >$D/server.log 2>&1 &
 SPID=$!
 for i in $(seq 100); do [ -s $D/pid ] && break; sleep 0.1; done
 fio --name=x --filename=$MNT --direct=1 --ioengine=io_uring $2 --time_based --runtime=5 --numjobs=1 --randrepeat=0 --norandommap --fallocate=none --output-format=json --output=$D/fio-p.json >/dev/null 2>&1 &

@@ -137,7 +137,7 @@ impl<'a> Runner<'a> {
                         measurement,
                         server,
                     } => {
-                        let ratio = ratio_to_plain(&records, &record, group);
+                        let ratio = ratio_to_plain(records, &record, group);
                         describe_measurement(measurement, server.as_ref(), ratio)
                     }
                     other => other.problem().unwrap_or_default(),
