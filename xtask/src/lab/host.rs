@@ -154,6 +154,26 @@ pub fn missing(program: &str) -> Option<String> {
     missing.then(|| format!("{program} is not installed (package {package})"))
 }
 
+/// Runs `command` (no stdin) to completion and returns its standard
+/// output; failing to start it, or its failing, is an error that names
+/// `what` and ends with the last line of its standard error.
+pub fn stdout_of(command: &mut Command, what: &str) -> Result<String, String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("cannot run {what}: {err}"))?;
+    if !output.status.success() {
+        let errors = String::from_utf8_lossy(&output.stderr);
+        let last = errors.lines().rfind(|l| !l.trim().is_empty());
+        return Err(format!(
+            "{what} failed ({}): {}",
+            output.status,
+            last.map_or("no output", str::trim)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// First line of a successful command's output (stdout, else stderr),
 /// for versions.
 pub fn first_line_of(program: &str, args: &[&str]) -> Option<String> {
@@ -198,6 +218,23 @@ mod tests {
         );
         assert!(is_mounted(Path::new("/")));
         assert!(!is_mounted(Path::new("/surely/not/a/mount point")));
+    }
+
+    #[test]
+    fn command_output_or_its_error() {
+        let script = |text: &str| {
+            let mut command = Command::new("sh");
+            command.args(["-c", text]);
+            command
+        };
+        assert_eq!(
+            stdout_of(&mut script("echo out; echo warning >&2"), "it"),
+            Ok("out\n".into())
+        );
+        let failed = stdout_of(&mut script("echo first >&2; echo last >&2; exit 3"), "it");
+        assert_eq!(failed, Err("it failed (exit status: 3): last".into()));
+        let missing = stdout_of(&mut Command::new("/nonexistent/program"), "nothing");
+        assert!(missing.is_err_and(|err| err.starts_with("cannot run nothing: ")));
     }
 
     #[test]

@@ -33,21 +33,12 @@ impl LoopFilesystem {
         log: &Path,
         timeout: Duration,
     ) -> Result<LoopFilesystem, String> {
-        let output = Command::new("losetup")
+        let mut losetup = Command::new("losetup");
+        losetup
             .args(["--find", "--show", "--direct-io=on"])
-            .arg(backing)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|err| format!("cannot run losetup: {err}"))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let (backing, status) = (backing.display(), output.status);
-            let error = stderr.trim();
-            return Err(format!(
-                "losetup --direct-io=on {backing} failed ({status}): {error}"
-            ));
-        }
-        let device = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            .arg(backing);
+        let what = format!("losetup --direct-io=on {}", backing.display());
+        let device = host::stdout_of(&mut losetup, &what)?.trim().to_string();
         let mut filesystem = LoopFilesystem {
             device: Some(device.clone()),
             mounted_on: None,

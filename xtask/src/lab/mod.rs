@@ -31,7 +31,7 @@ use std::fs::{self, File};
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use clap::Args;
@@ -340,21 +340,9 @@ fn uring_note(plan: &Plan) -> Option<String> {
 
 /// Runs `fuse-export --help` and collects its options.
 fn server_capabilities(server: &Path) -> Result<ServerCapabilities, String> {
-    let output = Command::new(server)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output();
-    let output = output.map_err(|err| format!("cannot run {} --help: {err}", server.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{} --help failed ({})",
-            server.display(),
-            output.status
-        ));
-    }
-    Ok(ServerCapabilities::from_help(&String::from_utf8_lossy(
-        &output.stdout,
-    )))
+    let what = format!("{} --help", server.display());
+    let help = host::stdout_of(Command::new(server).arg("--help"), &what)?;
+    Ok(ServerCapabilities::from_help(&help))
 }
 
 /// Builds fuse-export, into `target_dir` when given (the alloc-count build

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use wait_timeout::ChildExt as _;
@@ -168,24 +168,14 @@ fn shares_by_thread_kind(lines: &[ProfileLine]) -> Vec<(String, f64)> {
 }
 
 fn perf_report(data: &Path, args: &[&str]) -> Result<String, String> {
-    let output = Command::new("perf")
+    let mut command = Command::new("perf");
+    command
         .arg("report")
         .arg("-i")
         .arg(data)
         .args(["--stdio", "--no-children"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|err| format!("cannot run perf report: {err}"))?;
-    if !output.status.success() {
-        let errors = String::from_utf8_lossy(&output.stderr);
-        return Err(format!(
-            "perf report failed ({}): {}",
-            output.status,
-            errors.lines().last().unwrap_or("no output")
-        ));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        .args(args);
+    host::stdout_of(&mut command, "perf report")
 }
 
 /// Reads `data` into a [`Profile`]; writes the full report (call chains
