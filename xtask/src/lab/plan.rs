@@ -892,6 +892,11 @@ impl Plan {
         work * slowdown + OVERHEAD_PER_RUN
     }
 
+    /// A rough duration of the `--profile` run of `target` in `group`.
+    pub fn profile_estimate_secs(&self, group: &Group, target: &Target) -> f64 {
+        self.run_estimate_secs(group, target) + PROFILE_REPORT_SECS
+    }
+
     /// A rough duration of both runs of an allocation probe.
     pub fn probe_estimate_secs(&self) -> f64 {
         let (short, long) = self.settings.alloc_probe_secs;
@@ -915,7 +920,7 @@ impl Plan {
             .sum();
         let profiles: f64 = self
             .profiled_runs()
-            .map(|(group, target)| self.run_estimate_secs(group, target) + PROFILE_REPORT_SECS)
+            .map(|(group, target)| self.profile_estimate_secs(group, target))
             .sum();
         groups + probes + profiles
     }
@@ -1090,6 +1095,38 @@ mod tests {
             "{}",
             Duration(plan.estimate_secs())
         );
+    }
+
+    #[test]
+    fn profiling_adds_one_run_per_server_target() {
+        let mut settings = Settings::new(true);
+        let unprofiled = Plan::build(
+            &settings,
+            &ServerCapabilities::default(),
+            &[ServerOptions::default()],
+        );
+        settings.profile = true;
+        let profiled = Plan::build(
+            &settings,
+            &ServerCapabilities::default(),
+            &[ServerOptions::default()],
+        );
+        let servers: usize = profiled
+            .groups
+            .iter()
+            .map(|g| g.targets.iter().filter(|t| **t != Target::Plain).count())
+            .sum();
+        assert!(servers > 0);
+        assert_eq!(profiled.profiled_runs().count(), servers);
+        assert_eq!(unprofiled.profiled_runs().count(), 0);
+        assert_eq!(profiled.run_count(), unprofiled.run_count() + servers);
+        assert!(profiled.estimate_secs() > unprofiled.estimate_secs());
+        assert!(
+            profiled
+                .describe()
+                .contains(&format!("profiled: {servers} more run(s)"))
+        );
+        assert!(!unprofiled.describe().contains("profiled:"));
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl<'a> Runner<'a> {
                 }
                 Err(reason) => format!("failed: {reason}"),
             };
-            self.estimated_done += self.plan.run_estimate_secs(group, target);
+            self.estimated_done += self.plan.profile_estimate_secs(group, target);
             let case = group.case_id(target);
             self.progress(1, &format!("{case} profiled: {detail}"));
             out.push(ProfileRecord {
