@@ -20,7 +20,8 @@ const SAMPLE_HZ: &str = "999";
 const STARTUP: Duration = Duration::from_millis(500);
 /// How long perf may take to write its data after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Lines kept for the summary; the full report is in its own file.
+/// Entries the summary lists per profiled run; the full report is in its
+/// own file.
 pub const TOP_LINES: usize = 12;
 
 /// A running `perf record -a -g`: a guard that stops perf (by PID) when
@@ -125,16 +126,76 @@ pub struct ProfileLine {
     pub symbol: String,
 }
 
-/// What a profiled run leaves: the top of the flat profile, and the full
-/// report with call chains in `report` (relative to the lab's output
-/// directory).
+/// What a profiled run leaves: the flat profile, and the full report with
+/// call chains in `report` (relative to the lab's output directory).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
-    pub top: Vec<ProfileLine>,
+    /// Every `comm,sym` entry, largest first.
+    pub entries: Vec<ProfileLine>,
     /// Share of all samples by kind of thread ([`thread_kind`]), largest
     /// first: who had the CPUs (`swapper` is an idle CPU).
     pub by_thread: Vec<(String, f64)>,
     pub report: PathBuf,
+}
+
+/// Whom a thread works for, told by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `swapper`: a CPU with nothing to run.
+    Idle,
+    /// The export's threads: fuse-export's queues, qemu-storage-daemon.
+    Server,
+    /// The workload: fio, dd, qemu-img, mkfs.
+    Client,
+    /// The kernel's own threads, io_uring workers (either side's), the lab.
+    Other,
+}
+
+impl Role {
+    pub fn of(command: &str) -> Role {
+        const SERVERS: [&str; 3] = ["fuse-queue-", "fuse-export", "qemu-storage-da"];
+        const CLIENTS: [&str; 4] = ["fio", "dd", "qemu-img", "mkfs.ext4"];
+        if command == "swapper" {
+            Role::Idle
+        } else if SERVERS.iter().any(|name| command.starts_with(name)) {
+            Role::Server
+        } else if CLIENTS.contains(&command) {
+            Role::Client
+        } else {
+            Role::Other
+        }
+    }
+}
+
+impl Profile {
+    /// Share of all samples (percent) taken in threads of `role`.
+    pub fn share(&self, role: Role) -> f64 {
+        self.of(role).map(|line| line.percent).sum()
+    }
+
+    /// The entries of threads of `role`, largest first.
+    pub fn of(&self, role: Role) -> impl Iterator<Item = &ProfileLine> {
+        self.entries
+            .iter()
+            .filter(move |line| Role::of(&line.command) == role)
+    }
+
+    /// The symbols of threads of `role` with their shares summed over
+    /// those threads (both queues' copies are one cost), largest first.
+    pub fn symbols_of(&self, role: Role) -> Vec<(&str, f64)> {
+        let mut symbols: Vec<(&str, f64)> = Vec::new();
+        for line in self.of(role) {
+            match symbols
+                .iter_mut()
+                .find(|(symbol, _)| *symbol == line.symbol)
+            {
+                Some((_, share)) => *share += line.percent,
+                None => symbols.push((&line.symbol, line.percent)),
+            }
+        }
+        symbols.sort_by(|a, b| b.1.total_cmp(&a.1));
+        symbols
+    }
 }
 
 /// A thread name with its numbers replaced by `N`, so that one role on
@@ -185,8 +246,8 @@ pub fn summarize(data: &Path, out_dir: &Path, report: &Path) -> Result<Profile, 
         data,
         &["--sort", "comm,sym", "-g", "none", "--field-separator", ";"],
     )?;
-    let top = flat_lines(&flat);
-    if top.is_empty() {
+    let entries = flat_lines(&flat);
+    if entries.is_empty() {
         return Err(format!("perf report of {} has no samples", data.display()));
     }
     let full = perf_report(
@@ -206,8 +267,8 @@ pub fn summarize(data: &Path, out_dir: &Path, report: &Path) -> Result<Profile, 
     }
     fs::write(&path, full).map_err(|err| format!("cannot write {}: {err}", path.display()))?;
     Ok(Profile {
-        by_thread: shares_by_thread_kind(&top),
-        top: top.into_iter().take(TOP_LINES).collect(),
+        by_thread: shares_by_thread_kind(&entries),
+        entries,
         report: report.to_path_buf(),
     })
 }
@@ -261,6 +322,38 @@ mod tests {
             ]
         );
         assert!(flat_lines("# only comments\n\n").is_empty());
+    }
+
+    #[test]
+    fn threads_are_told_apart_by_name() {
+        assert_eq!(Role::of("swapper"), Role::Idle);
+        assert_eq!(Role::of("fuse-queue-1"), Role::Server);
+        assert_eq!(Role::of("qemu-storage-da"), Role::Server);
+        assert_eq!(Role::of("fio"), Role::Client);
+        assert_eq!(Role::of("qemu-img"), Role::Client);
+        assert_eq!(Role::of("iou-wrk-123"), Role::Other);
+        assert_eq!(Role::of("kworker/1:2H-kb"), Role::Other);
+        let line = |percent, command: &str| ProfileLine {
+            percent,
+            command: command.into(),
+            symbol: "[k] x".into(),
+        };
+        let profile = Profile {
+            entries: vec![
+                line(50.0, "swapper"),
+                line(20.0, "fuse-queue-0"),
+                line(15.0, "fio"),
+                line(10.0, "fuse-queue-1"),
+                line(5.0, "kworker/0:1"),
+            ],
+            by_thread: Vec::new(),
+            report: PathBuf::new(),
+        };
+        assert_eq!(profile.share(Role::Server), 30.0);
+        assert_eq!(profile.share(Role::Idle), 50.0);
+        let server: Vec<f64> = profile.of(Role::Server).map(|l| l.percent).collect();
+        assert_eq!(server, [20.0, 10.0]);
+        assert_eq!(profile.symbols_of(Role::Server), [("[k] x", 30.0)]);
     }
 
     #[test]
@@ -321,7 +414,7 @@ mod tests {
         // The spinner had most of one CPU's samples: about half of all
         // samples on two CPUs.
         let ours: f64 = profile
-            .top
+            .entries
             .iter()
             .filter(|line| line.command == "lab-busy-loop")
             .map(|line| line.percent)

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::plan::size_long;
 use super::plan::{AllocProbe, Duration, KNOBS, Metric, ServerOptions, TRANSPORT, Workload};
 use super::plot;
+use super::profile::{Role, TOP_LINES};
 use super::results::{AllocCounts, Case, LabResults, Outcome, ProfileRecord, ServerUsage, Summary};
 
 /// `950`, `52.1k`, `1.23M`: IOPS in progress lines, tables and plots.
@@ -612,7 +613,45 @@ const PROFILES: &str = "\n## Profiles\n\nWith `--profile`, each server target ra
     after its repetitions with `perf record -a -g` sampling every CPU (the client, the server \
     and the kernel share them). Shares are of all samples on all CPUs; `swapper` is an idle \
     CPU; thread names have their numbers replaced by N. The full reports, with call chains, \
-    are in `profiles/`.\n";
+    are in `profiles/`.\n\nWhere the time went: a case whose CPUs were mostly idle is bound \
+    by waiting (wake-ups, the disk, a copy that cannot overlap), not by CPU; the server's \
+    largest entries say what its own time went to. Server: fuse-export's queue threads or \
+    qemu-storage-daemon; client: fio, dd, qemu-img; the rest (kernel threads, io_uring \
+    workers, the lab) is not shown.\n\n";
+
+/// One row per profiled case: the shares of idle, server and client, and
+/// the server's largest entries.
+fn profiles_overview(md: &mut String, results: &LabResults) {
+    let header = [
+        "case",
+        "ratio to plain",
+        "CPUs idle",
+        "server",
+        "client",
+        "server's largest entries",
+    ];
+    let rows = results.profiles.iter().filter_map(|record| {
+        let (profile, _) = record.outcome.as_ref().ok()?;
+        let group = &results.plan.groups[record.group];
+        let case = results.case(record.group, record.target);
+        let largest: Vec<String> = profile
+            .symbols_of(Role::Server)
+            .into_iter()
+            .take(3)
+            .map(|(symbol, share)| format!("`{symbol}` {share:.1} %"))
+            .collect();
+        let percent = |role| format!("{:.0} %", profile.share(role));
+        Some(vec![
+            format!("`{}`", group.case_id(&group.targets[record.target])),
+            case.ratio().map_or("—".into(), |ratio| ratio_text(&ratio)),
+            percent(Role::Idle),
+            percent(Role::Server),
+            percent(Role::Client),
+            largest.join(", "),
+        ])
+    });
+    table(md, header.map(String::from).to_vec(), rows);
+}
 
 /// One profiled case: who had the CPUs, and the top symbols.
 fn profile_section(md: &mut String, results: &LabResults, record: &ProfileRecord) {
@@ -655,7 +694,7 @@ fn profile_section(md: &mut String, results: &LabResults, record: &ProfileRecord
         threads.join(", "),
         profile.report.display()
     );
-    let rows = profile.top.iter().map(|line| {
+    let rows = profile.entries.iter().take(TOP_LINES).map(|line| {
         vec![
             format!("{:.1} %", line.percent),
             format!("`{}`", line.command),
@@ -887,6 +926,7 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
 
     if !results.profiles.is_empty() {
         md.push_str(PROFILES);
+        profiles_overview(&mut md, results);
         for record in &results.profiles {
             profile_section(&mut md, results, record);
         }
@@ -1015,14 +1055,15 @@ mod tests {
             command: command.into(),
             symbol: symbol.into(),
         };
-        let top = vec![
+        let entries = vec![
             line(30.0, "swapper", "[k] pv_native_safe_halt"),
             line(17.5, "fuse-queue-0", "[k] __pi_memcpy"),
             line(12.5, "fuse-queue-1", "[k] __pi_memcpy"),
+            line(10.0, "qemu-img", "[k] _copy_to_iter"),
         ];
         let profile = Profile {
             by_thread: vec![("fuse-queue-N".into(), 30.0), ("swapper".into(), 30.0)],
-            top,
+            entries,
             report: PathBuf::from("profiles/x.txt"),
         };
         let measurement = Measurement {
@@ -1080,6 +1121,10 @@ mod tests {
              symbol |\n| --- | --- | --- |\n| 30.0 % | `swapper` | `[k] pv_native_safe_halt` |\n\
              | 17.5 % | `fuse-queue-0` | `[k] __pi_memcpy` |\n",
             "/qsd`\n\nNot profiled: perf is not installed (package linux-perf)\n",
+            "| case | ratio to plain | CPUs idle | server | client | server's largest entries |\n\
+             | --- | --- | --- | --- | --- | --- |\n\
+             | `matrix/convert-cache/fuse-export` | 1.20× | 30 % | 30 % | 10 % | \
+             `[k] __pi_memcpy` 30.0 % |\n",
             "### queues",
             "| workload | plain | fuse-export[queues=1] | fuse-export |",
             "| `fio-randwrite-4k-qd32-io_uring` | 500 / 1000 | 500 / 3000 | 0.0000 | 0.1667 |",

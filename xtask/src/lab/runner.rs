@@ -80,7 +80,7 @@ impl<'a> Runner<'a> {
             };
             let detail = match &outcome {
                 Ok((profile, _)) => {
-                    let top = profile.top.iter().take(3).map(|line| {
+                    let top = profile.entries.iter().take(3).map(|line| {
                         format!("{:.1}% {} {}", line.percent, line.command, line.symbol)
                     });
                     format!(
