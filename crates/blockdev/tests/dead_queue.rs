@@ -132,6 +132,7 @@ fn locks_of_a_queue_that_died_are_released() {
         max_in_flight: 16,
         layout: SpillLayout::default_for(MAX_WRITE),
         pool_cap: 16,
+        standby: false,
     };
     let backing = vec![export.image().raw_fd()];
     let factory_wakers = wakers.clone();

@@ -99,6 +99,7 @@ impl FakeKernel {
             max_in_flight: 64,
             layout: SpillLayout::default_for(MAX_WRITE),
             pool_cap: 64,
+            standby: false,
         };
         let backing = vec![export.image().raw_fd()];
         let served = export.clone();

@@ -67,6 +67,7 @@ impl FakeRing {
             max_in_flight: DEPTH,
             layout: SpillLayout::default_for(MAX_WRITE),
             pool_cap: 64,
+            standby: false,
         };
         let backing = vec![export.image().raw_fd()];
         let queue = std::thread::spawn(move || {

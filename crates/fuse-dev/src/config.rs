@@ -19,6 +19,14 @@ pub struct QueueConfig {
     pub layout: SpillLayout,
     /// Idle buffers kept per size class.
     pub pool_cap: usize,
+    /// Queues beyond the first post reads only while there is load for
+    /// them (`readv::standby`). Applies to [`Session::start`]'s queues,
+    /// which read one connection's input queue; queues whose fds are each
+    /// their own source ([`serve_fds`]) always read.
+    ///
+    /// [`Session::start`]: crate::Session::start
+    /// [`serve_fds`]: crate::serve_fds
+    pub standby: bool,
 }
 
 /// How each FUSE-over-io_uring queue holds requests and waits for them.
@@ -59,4 +67,8 @@ pub(crate) struct QueueSetup {
     pub config: QueueConfig,
     pub waker: Waker,
     pub stop: Arc<AtomicBool>,
+    /// Shared with the connection's other readv queues when they all read
+    /// the kernel's one input queue (clones); `None` for a queue whose fd
+    /// is its own source of requests (a lone queue, a test's fake device).
+    pub load: Option<Arc<crate::readv::standby::QueueLoad>>,
 }

@@ -124,7 +124,7 @@ impl Session {
         }
         fds.insert(0, device);
         let mut running = Running {
-            queues: serve_fds(fds, config, backing, factory)?,
+            queues: serve_readv_fds(fds, config, backing, factory, ReadvInput::Shared)?,
             mount,
             rings: None,
             export_stat: None,
@@ -202,6 +202,7 @@ impl Session {
             config,
             waker: wakers[ring_queues].clone(),
             stop: stop.clone(),
+            load: None,
         }));
         let mut running = Running {
             queues: spawn_queues(runs, wakers, stop, factory)?,
@@ -242,10 +243,10 @@ fn new_wakers(count: usize) -> io::Result<Arc<[Waker]>> {
         .into())
 }
 
-/// Runs one queue thread per fd, each with a handler built by `factory`:
-/// what [`Session::start`] does after mounting, and what tests use with
-/// fake devices (one end of a `SOCK_SEQPACKET` socketpair per queue, see
-/// [`serve_fd`]). A queue that fails or panics stops the others.
+/// Runs one queue thread per fd, each with a handler built by `factory`,
+/// each fd its own source of requests: what tests use with fake devices
+/// (one end of a `SOCK_SEQPACKET` socketpair per queue, see [`serve_fd`]).
+/// A queue that fails or panics stops the others.
 pub fn serve_fds<H, F>(
     fds: Vec<OwnedFd>,
     config: QueueConfig,
@@ -256,7 +257,34 @@ where
     H: Handler,
     F: Fn(QueueContext) -> H + Send + Sync + 'static,
 {
+    serve_readv_fds(fds, config, backing, factory, ReadvInput::PerFd)
+}
+
+/// Where readv queues' requests come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadvInput {
+    /// Each fd is its own source (fake devices): every queue reads.
+    PerFd,
+    /// The fds are clones of one connection, sharing the kernel's input
+    /// queue: queues beyond the first stand by until there is load for
+    /// them (`readv::standby`).
+    Shared,
+}
+
+fn serve_readv_fds<H, F>(
+    fds: Vec<OwnedFd>,
+    config: QueueConfig,
+    backing: Vec<RawFd>,
+    factory: F,
+    input: ReadvInput,
+) -> io::Result<Queues>
+where
+    H: Handler,
+    F: Fn(QueueContext) -> H + Send + Sync + 'static,
+{
     let wakers = new_wakers(fds.len())?;
+    let load = (input == ReadvInput::Shared && config.standby && fds.len() > 1)
+        .then(|| crate::readv::standby::QueueLoad::new(wakers.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let runs = fds
         .into_iter()
@@ -269,6 +297,7 @@ where
                 config: config.clone(),
                 waker: wakers[index].clone(),
                 stop: stop.clone(),
+                load: load.clone(),
             })
         })
         .collect();
@@ -379,6 +408,7 @@ where
         config,
         waker,
         stop: Arc::new(AtomicBool::new(false)),
+        load: None,
     };
     run_queue(setup, &mut handler)
 }

@@ -55,6 +55,7 @@ fn config() -> QueueConfig {
         max_in_flight: 16,
         layout: SpillLayout::default_for(64 * 1024),
         pool_cap: 16,
+        standby: false,
     }
 }
 

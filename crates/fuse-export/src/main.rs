@@ -130,6 +130,14 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     reads_per_queue: u16,
 
+    /// readv only: whether queues beyond the first wait for load. `on`:
+    /// they post no reads until queue 0 has 2 requests in progress, and
+    /// withdraw them once every queue is idle, so that at low queue depth
+    /// one thread takes every request (each request wakes every posted
+    /// read); `off`: every queue always reads.
+    #[arg(long, value_enum, default_value_t = StandbyArg::On)]
+    standby_queues: StandbyArg,
+
     /// Lock the image while it is exported, with QEMU's OFD byte-range
     /// locks (`on`): QEMU's tools then see it in use, and a second export is
     /// refused. `off` shares it with anyone, like QEMU's `locking=off`.
@@ -170,6 +178,14 @@ enum DirectOpensArg {
     ParallelWriters,
     /// The kernel's O_DIRECT path: a large request's pieces in parallel.
     ParallelChunks,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StandbyArg {
+    /// Queues beyond the first read only under load.
+    On,
+    /// Every queue always reads.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -500,6 +516,7 @@ fn run(args: Args) -> Result<(), Failure> {
         max_in_flight: reads * 8 + 128,
         layout: layout.clone(),
         pool_cap: reads * 4 + 64,
+        standby: args.standby_queues == StandbyArg::On,
     };
     let passthrough = match args.transport {
         Transport::Auto | Transport::Uring | Transport::Readv => None,

@@ -430,16 +430,18 @@ pub static KNOBS: [Knob; 10] = [
         workloads: &[RAND_READ, SEQ_WRITE_1M],
         transport: None,
     },
+    // `reads_per_queue` (2 / 8 / 32) was swept on 2026-11-26 and twice on
+    // 2026-12-07, 2 ahead each time; it gave its place in the hour to:
     Knob {
-        name: "reads_per_queue",
-        label: "reads",
-        about: "reads kept posted on /dev/fuse per queue (requests the kernel can hand \
-                over without waiting)",
-        // 32 was clearly behind on 2026-12-07 (0.55× against 0.77× at 4k
-        // randread QD32); dropped to keep the full plan under an hour.
-        values: &["2", "8"],
+        name: "standby_queues",
+        label: "standby",
+        about: "readv queues beyond the first post reads only while queue 0 has 2 or \
+                more requests in progress (on) or always (off)",
+        values: &["off", "on"],
         quick_values: &[],
-        workloads: &[RAND_READ, RAND_WRITE],
+        // Low depth is what it is for; QD32 is what it must not cost (the
+        // matrix has every depth with the default, on).
+        workloads: &[RAND_READ_QD1, RAND_READ],
         transport: Some("readv"),
     },
     Knob {
@@ -1041,7 +1043,7 @@ mod tests {
         ("--max-write", &[]),
         ("--spill-tiers", &[]),
         ("--cache", &["none", "writeback"]),
-        ("--reads-per-queue", &[]),
+        ("--standby-queues", &["on", "off"]),
     ];
 
     #[test]
@@ -1083,7 +1085,7 @@ mod tests {
             "knob-spill_tiers/fio-write-64k-qd16-io_uring/fuse-export[spill=none]",
             "knob-spill_tiers/fio-write-64k-qd16-io_uring/fuse-export[spill=64K]",
             "knob-cache/fio-write-1M-qd16-io_uring/fuse-export[cache=writeback]",
-            "knob-reads_per_queue/fio-randwrite-4k-qd32-io_uring/fuse-export[reads=8]",
+            "knob-standby_queues/fio-randread-4k-qd1-io_uring/fuse-export[standby=off]",
             "knob-uring_wait_batch/fio-read-1M-qd16-io_uring/fuse-export[transport=uring,wait_batch=4]",
             "knob-uring_busy_poll/fio-randwrite-4k-qd1-io_uring/fuse-export[transport=uring,busy_poll=100]",
         ] {

@@ -12,6 +12,7 @@
 //! buffers it references are owned by that entry until the CQE arrives.
 
 pub mod slot;
+pub(crate) mod standby;
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -149,6 +150,7 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
         config,
         waker,
         stop,
+        load,
     } = setup;
     #[cfg(feature = "fault-injection")]
     let faults = crate::fault::for_device(std::os::fd::AsFd::as_fd(&fuse_fd));
@@ -202,6 +204,7 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
         stopping: false,
         disconnected: false,
         posted_reads: 0,
+        load,
     };
     queue.serve(&mut guard, &mut pool, handler)?;
 
@@ -230,6 +233,9 @@ struct ReadvLoop {
     stopping: bool,
     disconnected: bool,
     posted_reads: usize,
+    /// Shared with the connection's other queues: whether this one keeps
+    /// reads posted (`standby`); `None`: it always does.
+    load: Option<Arc<standby::QueueLoad>>,
 }
 
 impl ReadvLoop {
@@ -245,7 +251,14 @@ impl ReadvLoop {
         loop {
             let (ring, memory) = guard.parts();
             let ending = self.stopping || self.disconnected;
-            if !ending {
+            let reading = match &self.load {
+                Some(load) => load.update(self.index, memory.jobs.busy()),
+                None => true,
+            };
+            if ending || !reading {
+                // Standing by (or ending): the posted reads are withdrawn.
+                Self::cancel_posted_reads(ring, memory)?;
+            } else {
                 self.post_reads(ring, memory, pool)?;
             }
             if let Some(err) = memory.jobs.take_failure() {
@@ -286,6 +299,23 @@ impl ReadvLoop {
                 handler.wake(&mut QueueIo::new(&mut memory.jobs, pool, &mut transport));
             }
         }
+    }
+
+    /// Cancels every posted read that has no cancellation in flight yet.
+    /// A read that completes first delivers its request as usual.
+    fn cancel_posted_reads<S>(ring: &mut Ring, memory: &mut ReadvMemory<S>) -> io::Result<()> {
+        for (slot_index, slot) in memory.slots.iter_mut().enumerate() {
+            if !slot.posted || slot.cancelling {
+                continue;
+            }
+            let sqe = opcode::AsyncCancel::new(user_data(KIND_READ, slot_index))
+                .build()
+                .user_data(user_data(KIND_CANCEL, slot_index));
+            // SAFETY: a cancellation references no memory.
+            unsafe { ring.push(&sqe) }?;
+            slot.cancelling = true;
+        }
+        Ok(())
     }
 
     /// Keeps reads posted while every posted read can get a job when it
@@ -340,6 +370,7 @@ impl ReadvLoop {
                 };
                 slot.posted = false;
                 self.posted_reads -= 1;
+                slot.cancelling = false;
                 if result > 0 {
                     let Some(incoming) = slot.take(result as usize, &self.config.layout) else {
                         log::error!("queue {queue}: read slot {index} lost its buffers");
@@ -382,17 +413,9 @@ impl ReadvLoop {
             }
             KIND_WAKE => {
                 self.wake_posted = false;
-                if self.stop.load(Ordering::Acquire) && !self.stopping {
+                if self.stop.load(Ordering::Acquire) {
+                    // The loop withdraws the posted reads.
                     self.stopping = true;
-                    for (slot_index, slot) in memory.slots.iter().enumerate() {
-                        if slot.posted {
-                            let sqe = opcode::AsyncCancel::new(user_data(KIND_READ, slot_index))
-                                .build()
-                                .user_data(user_data(KIND_CANCEL, slot_index));
-                            // SAFETY: a cancellation references no memory.
-                            unsafe { ring.push(&sqe) }?;
-                        }
-                    }
                 }
                 let mut transport = WritevReplies { ring };
                 handler.wake(&mut QueueIo::new(&mut memory.jobs, pool, &mut transport));

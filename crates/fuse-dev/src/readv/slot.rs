@@ -175,6 +175,8 @@ pub(crate) struct ReadSlot {
     /// read is posted (slots live in a boxed slice that never moves).
     iov: [libc::iovec; 1 + MAX_TIERS],
     pub(crate) posted: bool,
+    /// A cancellation of the posted read is in flight.
+    pub(crate) cancelling: bool,
 }
 
 impl ReadSlot {
@@ -187,6 +189,7 @@ impl ReadSlot {
                 iov_len: 0,
             }; 1 + MAX_TIERS],
             posted: false,
+            cancelling: false,
         }
     }
 

@@ -198,6 +198,8 @@ pub fn small_session_with(
         max_in_flight: 16,
         layout: SpillLayout::default_for(session.negotiated().max_write as usize),
         pool_cap: 16,
+        // As the server runs by default.
+        standby: true,
     };
     Ok((session, config))
 }
