@@ -9,15 +9,20 @@
 //! keeps its reads posted, and the others only while there is load for
 //! them: queue 0 calls them in once it has [`CALL_IN`] requests in
 //! progress, and each stands down (withdraws its reads) once it has
-//! nothing in progress and neither has any other queue.
+//! nothing in progress, neither has any other queue, and queue 0 has not
+//! called for help in the last [`STAY_IN`] (bursts at low depth would
+//! otherwise have them stand down and be called in again every time).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::handler::Waker;
 
 /// Requests in progress on queue 0 that call the other queues in.
 pub(crate) const CALL_IN: usize = 2;
+/// How long after queue 0 last needed them the other queues stay in.
+pub(crate) const STAY_IN: Duration = Duration::from_millis(1);
 
 /// What the queues of one connection share about their load.
 #[derive(Debug)]
@@ -28,6 +33,10 @@ pub(crate) struct QueueLoad {
     /// it always does).
     active: Box<[AtomicBool]>,
     wakers: Arc<[Waker]>,
+    /// When queue 0 last had [`CALL_IN`] or more requests in progress, in
+    /// nanoseconds since `epoch`.
+    last_needed: AtomicU64,
+    epoch: Instant,
 }
 
 impl QueueLoad {
@@ -38,6 +47,8 @@ impl QueueLoad {
             in_progress: (0..queues).map(|_| AtomicUsize::new(0)).collect(),
             active: (0..queues).map(|_| AtomicBool::new(false)).collect(),
             wakers,
+            last_needed: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -47,15 +58,25 @@ impl QueueLoad {
         self.in_progress[queue].store(in_progress, Ordering::Relaxed);
         if queue == 0 {
             if in_progress >= CALL_IN {
+                self.last_needed.store(self.now(), Ordering::Relaxed);
                 self.call_in();
             }
             return true;
         }
         let active = &self.active[queue];
-        if active.load(Ordering::Relaxed) && in_progress == 0 && self.total() == 0 {
+        if active.load(Ordering::Relaxed)
+            && in_progress == 0
+            && self.total() == 0
+            && self.now().saturating_sub(self.last_needed.load(Ordering::Relaxed))
+                >= STAY_IN.as_nanos() as u64
+        {
             active.store(false, Ordering::Relaxed);
         }
         active.load(Ordering::Relaxed)
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn total(&self) -> usize {
@@ -100,10 +121,16 @@ mod tests {
         assert!(load.update(2, 3));
         // Queue 1 idle while others still work: stays in.
         assert!(load.update(1, 0));
-        // All idle: each stands down when it next looks.
+        // All idle, but queue 0 needed help just now: they stay in a while.
         assert!(load.update(0, 0));
+        assert!(load.update(2, 0));
+        std::thread::sleep(STAY_IN);
+        // Then each stands down when it next looks.
         assert!(!load.update(2, 0));
         assert!(!load.update(1, 0));
+        // Until queue 0 needs them again.
+        assert!(load.update(0, CALL_IN));
+        assert!(load.update(1, 1));
     }
 
     #[test]
