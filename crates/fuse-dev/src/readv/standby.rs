@@ -67,12 +67,20 @@ impl QueueLoad {
         if active.load(Ordering::Relaxed)
             && in_progress == 0
             && self.total() == 0
-            && self.now().saturating_sub(self.last_needed.load(Ordering::Relaxed))
-                >= STAY_IN.as_nanos() as u64
+            && !self.needed_lately()
         {
             active.store(false, Ordering::Relaxed);
         }
         active.load(Ordering::Relaxed)
+    }
+
+    /// Whether queue 0 had [`CALL_IN`] requests in progress within
+    /// [`STAY_IN`].
+    fn needed_lately(&self) -> bool {
+        let since = self
+            .now()
+            .saturating_sub(self.last_needed.load(Ordering::Relaxed));
+        since < STAY_IN.as_nanos() as u64
     }
 
     fn now(&self) -> u64 {
