@@ -160,7 +160,7 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
     /// The transport the lab measured best overall: readv (FUSE-over-io_uring
-    /// is faster at queue depths 1-4 but slower from 16 on).
+    /// is about level with it at queue depths 1-4 and slower from 16 on).
     Auto,
     /// FUSE-over-io_uring (IORING_OP_URING_CMD, so also accepted as
     /// uring-cmd): ring entries per CPU; this server does the image I/O.
@@ -588,13 +588,18 @@ fn run(args: Args) -> Result<(), Failure> {
             Some(queues) => queues as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
         };
+        let standby = match (config.standby, queues) {
+            (false, _) | (_, 1) => "",
+            (true, 2) => " (the second only under load)",
+            (true, _) => " (all but the first only under load)",
+        };
         session
             .start(queues, config, backing, move |context| {
                 factory_export.queue_handler(context)
             })
             .map(|running| {
                 let transport = format!(
-                    "readv, {} with {} each, {}",
+                    "readv, {} with {} each{standby}, {}",
                     plural(queues, "queue", "queues"),
                     plural(reads, "posted read", "posted reads"),
                     describe_spill_over(&layout, max_write),
