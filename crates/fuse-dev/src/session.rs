@@ -124,7 +124,7 @@ impl Session {
         }
         fds.insert(0, device);
         let mut running = Running {
-            queues: serve_readv_fds(fds, config, backing, factory, ReadvInput::Shared)?,
+            queues: serve_readv_fds(fds, config, backing, factory)?,
             mount,
             rings: None,
             export_stat: None,
@@ -246,7 +246,9 @@ fn new_wakers(count: usize) -> io::Result<Arc<[Waker]>> {
 /// Runs one queue thread per fd, each with a handler built by `factory`,
 /// each fd its own source of requests: what tests use with fake devices
 /// (one end of a `SOCK_SEQPACKET` socketpair per queue, see [`serve_fd`]).
-/// A queue that fails or panics stops the others.
+/// Every queue reads (`config.standby` is for clones of one connection,
+/// which share the kernel's input queue). A queue that fails or panics
+/// stops the others.
 pub fn serve_fds<H, F>(
     fds: Vec<OwnedFd>,
     config: QueueConfig,
@@ -257,33 +259,28 @@ where
     H: Handler,
     F: Fn(QueueContext) -> H + Send + Sync + 'static,
 {
-    serve_readv_fds(fds, config, backing, factory, ReadvInput::PerFd)
+    let config = QueueConfig {
+        standby: false,
+        ..config
+    };
+    serve_readv_fds(fds, config, backing, factory)
 }
 
-/// Where readv queues' requests come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReadvInput {
-    /// Each fd is its own source (fake devices): every queue reads.
-    PerFd,
-    /// The fds are clones of one connection, sharing the kernel's input
-    /// queue: queues beyond the first stand by until there is load for
-    /// them (`readv::standby`).
-    Shared,
-}
-
+/// [`serve_fds`] for fds that may share one input queue: with
+/// `config.standby`, queues beyond the first stand by until there is load
+/// for them (`readv::standby`).
 fn serve_readv_fds<H, F>(
     fds: Vec<OwnedFd>,
     config: QueueConfig,
     backing: Vec<RawFd>,
     factory: F,
-    input: ReadvInput,
 ) -> io::Result<Queues>
 where
     H: Handler,
     F: Fn(QueueContext) -> H + Send + Sync + 'static,
 {
     let wakers = new_wakers(fds.len())?;
-    let load = (input == ReadvInput::Shared && config.standby && fds.len() > 1)
+    let load = (config.standby && fds.len() > 1)
         .then(|| crate::readv::standby::QueueLoad::new(wakers.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let runs = fds
