@@ -875,12 +875,14 @@ impl Plan {
 
     /// The extra runs of `--profile`: each server target of each group.
     pub fn profiled_runs(&self) -> impl Iterator<Item = (&Group, &Target)> {
-        let profile = self.settings.profile;
-        self.groups.iter().flat_map(move |group| {
+        let groups = if self.settings.profile {
+            &self.groups[..]
+        } else {
+            &[]
+        };
+        groups.iter().flat_map(|group| {
             let servers = group.targets.iter().filter(|t| **t != Target::Plain);
-            servers
-                .filter(move |_| profile)
-                .map(move |target| (group, target))
+            servers.map(move |target| (group, target))
         })
     }
 

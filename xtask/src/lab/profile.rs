@@ -132,9 +132,6 @@ pub struct ProfileLine {
 pub struct Profile {
     /// Every `comm,sym` entry, largest first.
     pub entries: Vec<ProfileLine>,
-    /// Share of all samples by kind of thread ([`thread_kind`]), largest
-    /// first: who had the CPUs (`swapper` is an idle CPU).
-    pub by_thread: Vec<(String, f64)>,
     pub report: PathBuf,
 }
 
@@ -183,19 +180,32 @@ impl Profile {
     /// The symbols of threads of `role` with their shares summed over
     /// those threads (both queues' copies are one cost), largest first.
     pub fn symbols_of(&self, role: Role) -> Vec<(&str, f64)> {
-        let mut symbols: Vec<(&str, f64)> = Vec::new();
-        for line in self.of(role) {
-            match symbols
-                .iter_mut()
-                .find(|(symbol, _)| *symbol == line.symbol)
-            {
-                Some((_, share)) => *share += line.percent,
-                None => symbols.push((&line.symbol, line.percent)),
-            }
-        }
-        symbols.sort_by(|a, b| b.1.total_cmp(&a.1));
-        symbols
+        summed(
+            self.of(role)
+                .map(|line| (line.symbol.as_str(), line.percent)),
+        )
     }
+
+    /// Share of all samples by kind of thread ([`thread_kind`]), largest
+    /// first: who had the CPUs (`swapper` is an idle CPU).
+    pub fn by_thread(&self) -> Vec<(String, f64)> {
+        let kinds = self.entries.iter();
+        summed(kinds.map(|line| (thread_kind(&line.command), line.percent)))
+    }
+}
+
+/// The shares of equal keys added up, largest first (ties in first-seen
+/// order).
+fn summed<K: PartialEq>(shares: impl IntoIterator<Item = (K, f64)>) -> Vec<(K, f64)> {
+    let mut sums: Vec<(K, f64)> = Vec::new();
+    for (key, share) in shares {
+        match sums.iter_mut().find(|(seen, _)| *seen == key) {
+            Some((_, sum)) => *sum += share,
+            None => sums.push((key, share)),
+        }
+    }
+    sums.sort_by(|a, b| b.1.total_cmp(&a.1));
+    sums
 }
 
 /// A thread name with its numbers replaced by `N`, so that one role on
@@ -213,19 +223,6 @@ pub fn thread_kind(command: &str) -> String {
         in_number = c.is_ascii_digit();
     }
     kind
-}
-
-fn shares_by_thread_kind(lines: &[ProfileLine]) -> Vec<(String, f64)> {
-    let mut shares: Vec<(String, f64)> = Vec::new();
-    for line in lines {
-        let kind = thread_kind(&line.command);
-        match shares.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, share)) => *share += line.percent,
-            None => shares.push((kind, line.percent)),
-        }
-    }
-    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
-    shares
 }
 
 fn perf_report(data: &Path, args: &[&str]) -> Result<String, String> {
@@ -267,7 +264,6 @@ pub fn summarize(data: &Path, out_dir: &Path, report: &Path) -> Result<Profile, 
     }
     fs::write(&path, full).map_err(|err| format!("cannot write {}: {err}", path.display()))?;
     Ok(Profile {
-        by_thread: shares_by_thread_kind(&entries),
         entries,
         report: report.to_path_buf(),
     })
@@ -346,7 +342,6 @@ mod tests {
                 line(10.0, "fuse-queue-1"),
                 line(5.0, "kworker/0:1"),
             ],
-            by_thread: Vec::new(),
             report: PathBuf::new(),
         };
         assert_eq!(profile.share(Role::Server), 30.0);
@@ -367,15 +362,18 @@ mod tests {
             command: command.into(),
             symbol: "[k] x".into(),
         };
-        let shares = shares_by_thread_kind(&[
-            line(10.0, "fuse-queue-0"),
-            line(30.0, "swapper"),
-            line(15.0, "fuse-queue-1"),
-            line(5.0, "fio"),
-            line(12.5, "fuse-queue-0"),
-        ]);
+        let profile = Profile {
+            entries: vec![
+                line(10.0, "fuse-queue-0"),
+                line(30.0, "swapper"),
+                line(15.0, "fuse-queue-1"),
+                line(5.0, "fio"),
+                line(12.5, "fuse-queue-0"),
+            ],
+            report: PathBuf::new(),
+        };
         assert_eq!(
-            shares,
+            profile.by_thread(),
             [
                 ("fuse-queue-N".to_string(), 37.5),
                 ("swapper".to_string(), 30.0),

@@ -683,7 +683,7 @@ fn profile_section(md: &mut String, results: &LabResults, record: &ProfileRecord
         md.push_str(". ");
     }
     let threads: Vec<String> = profile
-        .by_thread
+        .by_thread()
         .iter()
         .take(6)
         .map(|(kind, share)| format!("{kind} {share:.1} %"))
@@ -1062,7 +1062,6 @@ mod tests {
             line(10.0, "qemu-img", "[k] _copy_to_iter"),
         ];
         let profile = Profile {
-            by_thread: vec![("fuse-queue-N".into(), 30.0), ("swapper".into(), 30.0)],
             entries,
             report: PathBuf::from("profiles/x.txt"),
         };
@@ -1116,8 +1115,9 @@ mod tests {
             "| workload | fuse-export CPU | qsd CPU | fuse-export RSS idle / peak | qsd RSS idle \
              / peak | threads idle → max, fuse-export / qsd |",
             "| `dd-read-1M` | 500.0 µs/io, 2.00 cs/io | — | 2.9 MiB / 8.8 MiB | — | 4 → 8 / — |",
-            "Profiled run: 2.00 s (without perf: median 1.20). By thread: fuse-queue-N \
-             30.0 %, swapper 30.0 %. [Full report](profiles/x.txt)\n\n| share | thread | \
+            "Profiled run: 2.00 s (without perf: median 1.20). By thread: swapper 30.0 %, \
+             fuse-queue-N 30.0 %, qemu-img 10.0 %. [Full report](profiles/x.txt)\n\n\
+             | share | thread | \
              symbol |\n| --- | --- | --- |\n| 30.0 % | `swapper` | `[k] pv_native_safe_halt` |\n\
              | 17.5 % | `fuse-queue-0` | `[k] __pi_memcpy` |\n",
             "/qsd`\n\nNot profiled: perf is not installed (package linux-perf)\n",
