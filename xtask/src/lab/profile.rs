@@ -320,6 +320,19 @@ mod tests {
         assert!(flat_lines("# only comments\n\n").is_empty());
     }
 
+    /// A profile of these (share, thread) entries, all of one symbol.
+    fn profile_of(entries: &[(f64, &str)]) -> Profile {
+        let line = |&(percent, command): &(f64, &str)| ProfileLine {
+            percent,
+            command: command.into(),
+            symbol: "[k] x".into(),
+        };
+        Profile {
+            entries: entries.iter().map(line).collect(),
+            report: PathBuf::new(),
+        }
+    }
+
     #[test]
     fn threads_are_told_apart_by_name() {
         assert_eq!(Role::of("swapper"), Role::Idle);
@@ -329,21 +342,13 @@ mod tests {
         assert_eq!(Role::of("qemu-img"), Role::Client);
         assert_eq!(Role::of("iou-wrk-123"), Role::Other);
         assert_eq!(Role::of("kworker/1:2H-kb"), Role::Other);
-        let line = |percent, command: &str| ProfileLine {
-            percent,
-            command: command.into(),
-            symbol: "[k] x".into(),
-        };
-        let profile = Profile {
-            entries: vec![
-                line(50.0, "swapper"),
-                line(20.0, "fuse-queue-0"),
-                line(15.0, "fio"),
-                line(10.0, "fuse-queue-1"),
-                line(5.0, "kworker/0:1"),
-            ],
-            report: PathBuf::new(),
-        };
+        let profile = profile_of(&[
+            (50.0, "swapper"),
+            (20.0, "fuse-queue-0"),
+            (15.0, "fio"),
+            (10.0, "fuse-queue-1"),
+            (5.0, "kworker/0:1"),
+        ]);
         assert_eq!(profile.share(Role::Server), 30.0);
         assert_eq!(profile.share(Role::Idle), 50.0);
         let server: Vec<f64> = profile.of(Role::Server).map(|l| l.percent).collect();
@@ -357,21 +362,13 @@ mod tests {
         assert_eq!(thread_kind("kworker/1:2H-kblockd"), "kworker/N:NH-kblockd");
         assert_eq!(thread_kind("fio"), "fio");
         assert_eq!(thread_kind("QN12"), "QNN");
-        let line = |percent, command: &str| ProfileLine {
-            percent,
-            command: command.into(),
-            symbol: "[k] x".into(),
-        };
-        let profile = Profile {
-            entries: vec![
-                line(10.0, "fuse-queue-0"),
-                line(30.0, "swapper"),
-                line(15.0, "fuse-queue-1"),
-                line(5.0, "fio"),
-                line(12.5, "fuse-queue-0"),
-            ],
-            report: PathBuf::new(),
-        };
+        let profile = profile_of(&[
+            (10.0, "fuse-queue-0"),
+            (30.0, "swapper"),
+            (15.0, "fuse-queue-1"),
+            (5.0, "fio"),
+            (12.5, "fuse-queue-0"),
+        ]);
         assert_eq!(
             profile.by_thread(),
             [
