@@ -286,6 +286,8 @@ const RAND_READ: Preset = Preset::Fio(Pattern::RandRead, 4 * KIB, 32);
 const RAND_WRITE: Preset = Preset::Fio(Pattern::RandWrite, 4 * KIB, 32);
 const RAND_READ_QD1: Preset = Preset::Fio(Pattern::RandRead, 4 * KIB, 1);
 const RAND_WRITE_QD1: Preset = Preset::Fio(Pattern::RandWrite, 4 * KIB, 1);
+const RAND_READ_QD4: Preset = Preset::Fio(Pattern::RandRead, 4 * KIB, 4);
+const RAND_WRITE_QD4: Preset = Preset::Fio(Pattern::RandWrite, 4 * KIB, 4);
 const RAND_RW70: Preset = Preset::Fio(Pattern::RandRw70, 4 * KIB, 32);
 const SEQ_READ_1M: Preset = Preset::Fio(Pattern::SeqRead, MIB, SEQ_IODEPTH);
 const SEQ_WRITE_64K: Preset = Preset::Fio(Pattern::SeqWrite, 64 * KIB, SEQ_IODEPTH);
@@ -439,9 +441,10 @@ pub static KNOBS: [Knob; 10] = [
                 more requests in progress (on) or always (off)",
         values: &["off", "on"],
         quick_values: &[],
-        // Low depth is what it is for; QD32 is what it must not cost (the
+        // Low depth is what it is for; QD4, where the second queue is called
+        // in and stands down again, and QD32 are what it must not cost (the
         // matrix has every depth with the default, on).
-        workloads: &[RAND_READ_QD1, RAND_READ],
+        workloads: &[RAND_READ_QD1, RAND_READ_QD4, RAND_WRITE_QD4, RAND_READ],
         transport: Some("readv"),
     },
     Knob {
