@@ -54,6 +54,9 @@ struct State {
     reserved: VecDeque<Queued>,
     /// Bit `q` set: queue `q` parked a request on a conflict.
     waiting_queues: u64,
+    /// Locks (and whole-image waits) the queues' requests can hold at once:
+    /// what `held` and `reserved` have room for.
+    room: usize,
 }
 
 impl State {
@@ -91,6 +94,18 @@ impl RangeLocks {
     /// No locks held.
     pub fn new() -> RangeLocks {
         RangeLocks::default()
+    }
+
+    /// Makes room for the locks of one more queue, which holds up to
+    /// `requests` requests at once, so that no lock it takes allocates while
+    /// it serves: otherwise the table grows whenever a new peak of
+    /// concurrent writes first comes, at a different moment in every run.
+    pub fn make_room_for_queue(&self, requests: usize) {
+        let mut state = self.state();
+        state.room += requests;
+        let (room, held, reserved) = (state.room, state.held.len(), state.reserved.len());
+        state.held.reserve(room.saturating_sub(held));
+        state.reserved.reserve(room.saturating_sub(reserved));
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -185,6 +200,23 @@ impl RangeLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_made_for_the_queues_holds_all_their_locks_without_growing() {
+        let locks = RangeLocks::new();
+        locks.make_room_for_queue(8);
+        locks.make_room_for_queue(8);
+        let capacity = locks.state().held.capacity();
+        assert!(capacity >= 16);
+        let held: Vec<LockId> = (0..16)
+            .map(|i| locks.try_lock(i * 4096, (i + 1) * 4096, 0).unwrap())
+            .collect();
+        assert_eq!(locks.state().held.capacity(), capacity);
+        for id in held {
+            locks.unlock(id);
+        }
+        assert!(locks.state().reserved.capacity() >= 16);
+    }
 
     #[test]
     fn overlapping_ranges_conflict_and_adjacent_ones_do_not() {

@@ -38,6 +38,10 @@ pub struct QueueContext {
     pub index: usize,
     /// Wakers of every queue, by index (for cross-queue wake-ups).
     pub wakers: Arc<[Waker]>,
+    /// Requests this queue may hold at once (the size of its job table): a
+    /// per-request table sized by it at start never grows while serving,
+    /// whenever the first request that needs it comes.
+    pub max_requests: usize,
 }
 
 impl Session {
@@ -234,6 +238,13 @@ impl QueueRun {
             QueueRun::Uring(setup) => setup.index,
         }
     }
+
+    fn max_requests(&self) -> usize {
+        match self {
+            QueueRun::Readv(setup) => setup.config.max_in_flight,
+            QueueRun::Uring(setup) => crate::uring::queue::job_capacity(setup.ring.depth),
+        }
+    }
 }
 
 fn new_wakers(count: usize) -> io::Result<Arc<[Waker]>> {
@@ -325,6 +336,7 @@ where
         let context = QueueContext {
             index,
             wakers: wakers.clone(),
+            max_requests: run.max_requests(),
         };
         let factory = factory.clone();
         let ended_tx: Sender<usize> = ended_tx.clone();
@@ -373,14 +385,20 @@ where
     })
 }
 
-/// The waker and handler of a lone queue (index 0, the only waker).
-fn single_queue_handler<H, F>(factory: F) -> io::Result<(Waker, H)>
+/// The waker and handler of a lone queue (index 0, the only waker) that
+/// holds up to `max_requests` requests at once.
+fn single_queue_handler<H, F>(factory: F, max_requests: usize) -> io::Result<(Waker, H)>
 where
     F: FnOnce(QueueContext) -> H,
 {
     let waker = Waker::new()?;
     let wakers: Arc<[Waker]> = vec![waker.clone()].into();
-    Ok((waker, factory(QueueContext { index: 0, wakers })))
+    let context = QueueContext {
+        index: 0,
+        wakers,
+        max_requests,
+    };
+    Ok((waker, factory(context)))
 }
 
 /// Runs a single queue on the calling thread over an already connected fd
@@ -397,7 +415,7 @@ where
     H: Handler,
     F: FnOnce(QueueContext) -> H,
 {
-    let (waker, mut handler) = single_queue_handler(factory)?;
+    let (waker, mut handler) = single_queue_handler(factory, config.max_in_flight)?;
     let setup = QueueSetup {
         index: 0,
         fuse_fd: fd,
@@ -430,7 +448,8 @@ where
     H: Handler,
     F: FnOnce(QueueContext) -> H,
 {
-    let (waker, mut handler) = single_queue_handler(factory)?;
+    let (waker, mut handler) =
+        single_queue_handler(factory, crate::uring::queue::job_capacity(depth.max(1)))?;
     let (quiet, _quiet_rx) = crossbeam_channel::unbounded();
     let setup = UringSetup {
         index: 0,

@@ -1,9 +1,10 @@
 //! Counting global allocator, compiled in with `--features alloc-count`.
 //!
 //! The performance lab (`cargo xtask lab`) measures heap allocations per
-//! FUSE request with it: the server logs its totals at exit, and the lab
-//! compares a short and a long run of the same workload, so start-up and
-//! warm-up allocations cancel and what remains is the steady-state cost.
+//! FUSE request with it: the server logs its totals when the stop begins
+//! and again at exit, and the lab compares a short and a long run of the
+//! same workload, so start-up and warm-up allocations cancel and what
+//! remains is the steady-state cost.
 //! Counting is three relaxed atomic additions per call, but it is still
 //! kept out of normal builds.
 
@@ -58,10 +59,11 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-/// Logs the totals in the line the lab parses: `allocations: N total, ...`.
-pub fn log_totals() {
+/// Logs the totals so far in the line the lab parses: `<what>: N total,
+/// ...`.
+pub fn log_totals(what: &str) {
     log::info!(
-        "allocations: {} total, {} bytes, {} frees",
+        "{what}: {} total, {} bytes, {} frees",
         ALLOCATIONS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
         FREES.load(Ordering::Relaxed)

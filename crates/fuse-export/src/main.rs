@@ -642,6 +642,11 @@ fn run(args: Args) -> Result<(), Failure> {
             recv(running.ended()) -> _ => log::info!("connection ended; shutting down"),
         }
     }
+    // The lab's steady state ends here: the shutdown that follows allocates
+    // a little differently from one run to the next (which queue sees the
+    // unmount first, which threads end when).
+    #[cfg(feature = "alloc-count")]
+    alloc_count::log_totals("allocations while serving");
     readiness::notify_stopping();
     let result = running.shutdown();
     signal_handle.close();
@@ -658,7 +663,7 @@ fn run(args: Args) -> Result<(), Failure> {
         log::debug!("{report:?}");
     }
     #[cfg(feature = "alloc-count")]
-    alloc_count::log_totals();
+    alloc_count::log_totals("allocations");
     synced.map_err(|err| Failure::runtime(format!("flushing the image: {err}")))?;
     Ok(())
 }

@@ -603,11 +603,12 @@ const SERVER_COST: &str = "\n## Server cost (median per run)\n\nCPU is user+syst
     run; threads is the most seen while it ran.\n\n";
 
 const ALLOCATIONS: &str = "\n## Allocations per request\n\nfuse-export built with `--features \
-    alloc-count` (a counting global allocator that logs `allocations: N total` at exit). Each \
-    fio job runs twice in fresh servers, short and long; start-up, INIT and pool warm-up are \
-    the same in both runs, so (long − short allocations) ÷ (long − short FUSE requests) is the \
-    steady-state cost per request. Requests come from the server's own `QueueReport` \
-    counters.\n\n";
+    alloc-count` (a counting global allocator that logs its count when the stop begins, \
+    which is the one used, and at exit: the shutdown's own allocations differ by one or two \
+    between runs). Each fio job runs twice in fresh servers, short and long; start-up, INIT \
+    and pool warm-up are the same in both runs, so (long − short allocations) ÷ (long − short \
+    FUSE requests) is the steady-state cost per request. Requests come from the server's own \
+    `QueueReport` counters.\n\n";
 
 const PROFILES: &str = "\n## Profiles\n\nWith `--profile`, each server target ran once more \
     after its repetitions with `perf record -a -g` sampling every CPU (the client, the server \

@@ -331,7 +331,7 @@ impl<'a> Runner<'a> {
             let stem = format!("{}-{secs}s", probe.case_id()).replace(['/', '[', ']', '='], "_");
             let (_, usage, log) = self.measure(&job, &target, &stem, Some(binary), None)?;
             let allocations = target::allocations(&log)
-                .ok_or("the alloc-count build logged no `allocations:` line at exit")?;
+                .ok_or("the alloc-count build logged no allocation count")?;
             let requests = usage
                 .and_then(|u| u.requests)
                 .ok_or("the server logged no QueueReport lines")?;

@@ -141,11 +141,14 @@ enum Op {
 
 impl QueueHandler {
     pub(crate) fn new(export: Arc<Export>, context: QueueContext) -> QueueHandler {
+        // Sized for every request the queue can hold, so that neither grows
+        // when a first conflict or a new peak of writes comes while serving.
+        export.locks().make_room_for_queue(context.max_requests);
         QueueHandler {
             export,
             queue: context.index,
             wakers: context.wakers,
-            parked: VecDeque::new(),
+            parked: VecDeque::with_capacity(context.max_requests),
         }
     }
 

@@ -126,6 +126,14 @@ const LONE_REQUEST: usize = 1;
 /// than one means they come faster than the thread wakes for them.
 const DENSE_COMPLETIONS: usize = 2;
 
+/// Requests a ring queue of `depth` entries may hold at once: a request per
+/// entry, plus, for a moment, the job of a deferred reply whose entry already
+/// took the next request (its NOP not reaped yet): twice the depth is always
+/// enough.
+pub(crate) fn job_capacity(depth: usize) -> usize {
+    2 * depth
+}
+
 /// Everything a ring queue's thread needs.
 pub(crate) struct UringSetup {
     /// The queue's index among the session's queues.
@@ -291,10 +299,7 @@ pub(crate) fn run_uring_queue<H: Handler>(
     } else {
         EntryDevice::Kernel
     };
-    // A request per entry is in progress, plus, for a moment, the job of a
-    // deferred reply whose entry already took the next request (its NOP not
-    // reaped yet): twice the depth is always enough.
-    let jobs = 2 * depth;
+    let jobs = job_capacity(depth);
     // The entry commands of each entry, a backing operation (or a deferred
     // reply's NOP) per job, and the waker's read.
     let bound = device.operations_per_entry() * depth + jobs + 1;
