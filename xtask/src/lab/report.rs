@@ -739,11 +739,20 @@ pub fn summary_markdown(results: &LabResults, plots: &[plot::Plot]) -> String {
     let matrix = groups_named(results, "matrix");
     let labels = labels_of(results, &matrix);
     let servers = &labels[1..];
+    // The goals' columns: the matrix's servers, and those of allocation
+    // probes run without the matrix (`--only alloc`).
+    let mut goal_columns = servers.to_vec();
+    for probe in &results.plan.alloc_probes {
+        let label = probe.options.label();
+        if !goal_columns.contains(&label) {
+            goal_columns.push(label);
+        }
+    }
     md.push_str("\n## Goals\n\n");
     let mut header = vec!["goal".to_string()];
-    header.extend_from_slice(servers);
+    header.extend_from_slice(&goal_columns);
     header.push("status".into());
-    table(&mut md, header, goal_rows(results, servers));
+    table(&mut md, header, goal_rows(results, &goal_columns));
 
     if !matrix.is_empty() {
         md.push_str("\n## Workloads\n\n");
@@ -1086,6 +1095,24 @@ mod tests {
                 outcome: Err("perf is not installed (package linux-perf)".into()),
             },
         ]
+    }
+
+    #[test]
+    fn allocation_probes_without_the_matrix_still_judge_their_goal() {
+        let mut results = fake_results();
+        for group in &mut results.plan.groups {
+            if group.name == "matrix" {
+                group.name = "knob-elsewhere".into();
+            }
+        }
+        let md = summary_markdown(&results, &plot::plots(&results));
+        assert!(
+            md.contains(
+                "| zero allocations per request in steady state | worst 0.0000/request (0 extra \
+                 allocations over 2000 extra requests) | met |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
