@@ -103,6 +103,11 @@ pub struct PoolStats {
     pub reused: u64,
 }
 
+/// How long a queue must have been idle before it gives back the memory a
+/// burst of large requests left resident (its idle large buffers, and the
+/// pages of its ring entries or of its posted reads' spill-over).
+pub(crate) const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A per-queue free list of buffers, one list per size.
 ///
 /// Not shared between threads: each queue owns one, so taking and giving
@@ -188,6 +193,27 @@ impl Pool {
             self.class(len).push(buf);
         }
         Ok(())
+    }
+
+    /// Whether buffers larger than `keep_len` bytes are idle in the pool.
+    pub fn has_idle_above(&self, keep_len: usize) -> bool {
+        self.classes
+            .iter()
+            .any(|(len, list)| *len > keep_len && !list.is_empty())
+    }
+
+    /// Unmaps every idle buffer larger than `keep_len` bytes (what a burst of
+    /// large requests left resident); returns the bytes given back.
+    pub fn release_idle_above(&mut self, keep_len: usize) -> usize {
+        let mut bytes = 0;
+        for (len, list) in self.classes.iter_mut().filter(|(len, _)| *len > keep_len) {
+            bytes += *len * list.len();
+            self.stats.released += list.len() as u64;
+            // Keeps the list's capacity: the next burst pushes without
+            // allocating.
+            list.clear();
+        }
+        bytes
     }
 
     /// The pool's counters.
@@ -593,6 +619,23 @@ mod tests {
         let again = pool.take(4096).unwrap();
         assert_eq!(again.as_slice().as_ptr(), a_addr);
         assert_eq!(pool.stats().reused, 1);
+    }
+
+    #[test]
+    fn idle_large_buffers_are_given_back_and_small_ones_kept() {
+        let mut pool = Pool::new(4);
+        let small = pool.take(2 * PAGE_SIZE).unwrap();
+        let large: Vec<AlignedBuf> = (0..3).map(|_| pool.take(1 << 20).unwrap()).collect();
+        pool.give(small);
+        assert!(!pool.has_idle_above(2 * PAGE_SIZE));
+        for buf in large {
+            pool.give(buf);
+        }
+        assert!(pool.has_idle_above(2 * PAGE_SIZE));
+        assert_eq!(pool.release_idle_above(2 * PAGE_SIZE), 3 << 20);
+        assert!(!pool.has_idle_above(2 * PAGE_SIZE));
+        assert_eq!(pool.idle(), vec![(2 * PAGE_SIZE, 1), (1 << 20, 0)]);
+        assert_eq!(pool.stats().released, 3);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 pub use slot::{Incoming, LayoutError, SpillLayout};
 
-use crate::buffer::Pool;
+use crate::buffer::{IDLE_RELEASE, Pool};
 use crate::config::{QueueConfig, QueueReport, QueueSetup};
 use crate::handler::{Handler, Waker};
 use crate::jobs::{
@@ -205,6 +205,8 @@ pub(crate) fn run_queue<H: Handler>(setup: QueueSetup, handler: &mut H) -> io::R
         disconnected: false,
         posted_reads: 0,
         load,
+        spilled_since_release: false,
+        releasing: false,
     };
     queue.serve(&mut guard, &mut pool, handler)?;
 
@@ -236,6 +238,14 @@ struct ReadvLoop {
     /// Shared with the connection's other queues: whether this one keeps
     /// reads posted (`standby`); `None`: it always does.
     load: Option<Arc<standby::QueueLoad>>,
+    /// A request spilled since the last release: the tiers a slot re-armed
+    /// with may be resident (the pool hands out the buffers it got back
+    /// last).
+    spilled_since_release: bool,
+    /// Giving back idle memory: the posted reads are withdrawn, and once
+    /// none is left the slots' spill-over and the pool's idle large buffers
+    /// are unmapped and the reads posted again with fresh, unbacked tiers.
+    releasing: bool,
 }
 
 impl ReadvLoop {
@@ -255,8 +265,12 @@ impl ReadvLoop {
                 Some(load) => load.update(self.index, memory.jobs.busy()),
                 None => true,
             };
-            if ending || !reading {
-                // Standing by (or ending): the posted reads are withdrawn.
+            if self.releasing && self.posted_reads == 0 {
+                self.give_back_idle_memory(memory, pool, ending);
+            }
+            if ending || !reading || self.releasing {
+                // Standing by, ending or giving memory back: the posted
+                // reads are withdrawn.
                 Self::cancel_posted_reads(ring, memory)?;
             } else {
                 self.post_reads(ring, memory, pool)?;
@@ -287,7 +301,17 @@ impl ReadvLoop {
                 self.wake_posted = true;
             }
 
-            ring.submit_and_wait(1)?;
+            let release_when_idle = !ending
+                && !self.releasing
+                && memory.jobs.busy() == 0
+                && (self.spilled_since_release || pool.has_idle_above(HEAD_BLOCK_LEN));
+            if release_when_idle {
+                // Nothing for a whole second: what the last burst left
+                // resident goes back (the next iterations withdraw the reads).
+                self.releasing = !ring.submit_and_wait_for(1, IDLE_RELEASE)?;
+            } else {
+                ring.submit_and_wait(1)?;
+            }
             let count = ring.reap(&mut reaped);
             for &(data, result) in &reaped[..count] {
                 self.completed(ring, memory, pool, handler, data, result)?;
@@ -298,6 +322,34 @@ impl ReadvLoop {
                 let mut transport = WritevReplies { ring };
                 handler.wake(&mut QueueIo::new(&mut memory.jobs, pool, &mut transport));
             }
+        }
+    }
+
+    /// Unmaps the spill-over of every slot (no read is posted) and the
+    /// pool's idle buffers larger than a head block: what a burst of large
+    /// writes (or reads) left resident. The slots are armed again from
+    /// fresh, unbacked mappings when their reads are posted next.
+    fn give_back_idle_memory<S>(
+        &mut self,
+        memory: &mut ReadvMemory<S>,
+        pool: &mut Pool,
+        ending: bool,
+    ) {
+        self.releasing = false;
+        if ending {
+            return;
+        }
+        for slot in memory.slots.iter_mut() {
+            slot.release(pool);
+        }
+        self.spilled_since_release = false;
+        let bytes = pool.release_idle_above(HEAD_BLOCK_LEN);
+        if bytes > 0 {
+            log::debug!(
+                "queue {}: gave back {} KiB of idle buffers",
+                self.index,
+                bytes / 1024
+            );
         }
     }
 
@@ -379,6 +431,7 @@ impl ReadvLoop {
                     self.report.requests += 1;
                     if incoming.spill_tiers() > 0 {
                         self.report.spilled += 1;
+                        self.spilled_since_release = true;
                     }
                     let mut transport = WritevReplies { ring };
                     let mut io = QueueIo::new(&mut memory.jobs, pool, &mut transport);

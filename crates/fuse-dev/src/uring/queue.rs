@@ -28,7 +28,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use fuse_proto::abi::InHeader;
@@ -39,7 +38,7 @@ use super::device::EntryDevice;
 use super::entries::RingEntries;
 use super::reply::{Stored, entry_of, store_reply};
 use super::ring::{EntryRing, RingError, RingEvent, build_ring};
-use crate::buffer::Pool;
+use crate::buffer::{IDLE_RELEASE, Pool};
 use crate::config::{QueueConfig, QueueReport, RingQueueOptions};
 use crate::handler::{Handler, Waker};
 use crate::jobs::{
@@ -52,10 +51,6 @@ use crate::ring_guard::{KernelMemory, RingGuard};
 
 /// `user_data` kind of the posted eventfd read of the waker.
 const KIND_WAKE: u64 = 3;
-
-/// How long a queue must have been idle before it gives the pages of its
-/// entries' payloads back.
-const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// How the session and its ring queues agree on an orderly end.
 #[derive(Debug)]
@@ -430,8 +425,9 @@ impl UringLoop {
             }
 
             let idle = quiet && !self.stopping && !self.disconnected;
-            let release_when_idle =
-                idle && memory.device.releases_idle_entries() && memory.entries.has_dirty();
+            let release_when_idle = idle
+                && ((memory.device.releases_idle_entries() && memory.entries.has_dirty())
+                    || pool.has_idle_above(HEAD_BLOCK_LEN));
             let timed_out = if release_when_idle {
                 !ring.submit_and_wait_for(1, IDLE_RELEASE)?
             } else {
@@ -471,19 +467,26 @@ impl UringLoop {
                 && !ring.has_completions()
                 && !ring.has_unsubmitted()
             {
-                // SAFETY: the ring is DEFER_TASKRUN and SINGLE_ISSUER
-                // (`build_ring`), so the kernel delivers into entries only
-                // inside this thread's waits; the last wait produced no
-                // completion and none is pending (checked), so an entry
-                // marked as in the kernel has no delivery posted; and every
-                // pushed command was submitted (checked), so the kernel has
-                // already taken the reply of each committed entry. Only such
-                // entries, waiting for their next request, are discarded.
-                let released = unsafe { memory.entries.release_idle() };
-                if released > 0 {
+                let released = if memory.device.releases_idle_entries() {
+                    // SAFETY: the ring is DEFER_TASKRUN and SINGLE_ISSUER
+                    // (`build_ring`), so the kernel delivers into entries only
+                    // inside this thread's waits; the last wait produced no
+                    // completion and none is pending (checked), so an entry
+                    // marked as in the kernel has no delivery posted; and every
+                    // pushed command was submitted (checked), so the kernel has
+                    // already taken the reply of each committed entry. Only such
+                    // entries, waiting for their next request, are discarded.
+                    unsafe { memory.entries.release_idle() }
+                } else {
+                    0
+                };
+                let bytes = pool.release_idle_above(HEAD_BLOCK_LEN);
+                if released > 0 || bytes > 0 {
                     log::debug!(
-                        "queue {}: gave back the pages of {released} idle ring entries",
-                        self.index
+                        "queue {}: gave back the pages of {released} idle ring entries and {} KiB \
+                         of idle buffers",
+                        self.index,
+                        bytes / 1024
                     );
                 }
             }
