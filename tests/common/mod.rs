@@ -722,6 +722,24 @@ pub struct Server<'dir> {
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(0);
 
 /// `--image <image> --mount <mount> <extra_args>`.
+/// The pidfile that tells the harness the server is ready: the one in
+/// `extra_args`, or one in `dir` added to `args`.
+fn readiness_pidfile(dir: &TestDir, args: &mut Vec<OsString>, extra_args: &[&str]) -> PathBuf {
+    let given = extra_args
+        .iter()
+        .position(|&arg| arg == "--pidfile")
+        .and_then(|at| extra_args.get(at + 1));
+    if let Some(path) = given {
+        return PathBuf::from(path);
+    }
+    let path = dir.join(format!(
+        "ready-{}.pid",
+        NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed)
+    ));
+    args.extend(["--pidfile".into(), path.clone().into()]);
+    path
+}
+
 pub fn export_args(image: &Path, mount: &Path, extra_args: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--image".into(),
@@ -735,9 +753,13 @@ pub fn export_args(image: &Path, mount: &Path, extra_args: &[&str]) -> Vec<OsStr
 
 impl<'dir> Server<'dir> {
     /// Starts `fuse-export --image <image> --mount <mount> <extra_args>` and
-    /// returns once the export is ready: mounted with the export's fstype and
-    /// `stat` reports the image's size. Fails with the server's stderr if it
-    /// exits first or is not ready within [`READY_TIMEOUT`].
+    /// returns once the export is ready: mounted with the export's fstype,
+    /// `stat` reports the image's size, and the server has published its
+    /// pidfile (`--pidfile`, added in `dir` unless `extra_args` has one),
+    /// which it does only after its own stat of the export returned: until
+    /// then that stat may hold the mount, and an `umount` would find it
+    /// busy. Fails with the server's stderr if it exits first or is not
+    /// ready within [`READY_TIMEOUT`].
     pub fn export(
         dir: &'dir TestDir,
         image: &Path,
@@ -762,9 +784,10 @@ impl<'dir> Server<'dir> {
         } else {
             mount.to_path_buf()
         };
-        let args = export_args(image, mount, extra_args);
+        let mut args = export_args(image, mount, extra_args);
+        let pidfile = readiness_pidfile(dir, &mut args, extra_args);
         let mut server = Server::spawn_with_env(dir, &args, mount, env);
-        server.wait_until_ready(image_size, &exported_file);
+        server.wait_until_ready(image_size, &exported_file, &pidfile);
         server
     }
 
@@ -932,7 +955,7 @@ impl<'dir> Server<'dir> {
         self.assert_exits_cleanly("SIGTERM");
     }
 
-    fn wait_until_ready(&mut self, image_size: u64, exported_file: &Path) {
+    fn wait_until_ready(&mut self, image_size: u64, exported_file: &Path, pidfile: &Path) {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last_seen = String::from("not mounted");
         loop {
@@ -951,7 +974,12 @@ impl<'dir> Server<'dir> {
                     let file = exported_file.to_path_buf();
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match with_timeout(remaining, move || fs::metadata(file)) {
-                        Some(Ok(meta)) if meta.is_file() && meta.len() == image_size => return,
+                        Some(Ok(meta)) if meta.is_file() && meta.len() == image_size => {
+                            if pidfile.exists() {
+                                return;
+                            }
+                            last_seen = format!("mounted; no pidfile {} yet", pidfile.display());
+                        }
                         Some(Ok(meta)) => {
                             last_seen = format!(
                                 "mounted; stat: {:?}, {} bytes (image: {image_size})",
@@ -1645,9 +1673,10 @@ impl<'dir> Server<'dir> {
         mount: &Path,
         extra_args: &[&str],
     ) -> Server<'dir> {
-        let args = export_args(image, mount, extra_args);
+        let mut args = export_args(image, mount, extra_args);
+        let pidfile = readiness_pidfile(dir, &mut args, extra_args);
         let mut server = Server::spawn(dir, &args, mount);
-        server.wait_until_ready(image_size, mount);
+        server.wait_until_ready(image_size, mount, &pidfile);
         server
     }
 }
