@@ -721,7 +721,6 @@ pub struct Server<'dir> {
 
 static NEXT_LOG_ID: AtomicU64 = AtomicU64::new(0);
 
-/// `--image <image> --mount <mount> <extra_args>`.
 /// The pidfile that tells the harness the server is ready: the one in
 /// `extra_args`, or one in `dir` added to `args`.
 fn readiness_pidfile(dir: &TestDir, args: &mut Vec<OsString>, extra_args: &[&str]) -> PathBuf {
@@ -740,6 +739,7 @@ fn readiness_pidfile(dir: &TestDir, args: &mut Vec<OsString>, extra_args: &[&str
     path
 }
 
+/// `--image <image> --mount <mount> <extra_args>`.
 pub fn export_args(image: &Path, mount: &Path, extra_args: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--image".into(),

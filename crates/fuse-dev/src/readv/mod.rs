@@ -266,7 +266,10 @@ impl ReadvLoop {
                 None => true,
             };
             if self.releasing && self.posted_reads == 0 {
-                self.give_back_idle_memory(memory, pool, ending);
+                self.releasing = false;
+                if !ending {
+                    self.give_back_idle_memory(memory, pool);
+                }
             }
             if ending || !reading || self.releasing {
                 // Standing by, ending or giving memory back: the posted
@@ -329,16 +332,7 @@ impl ReadvLoop {
     /// pool's idle buffers larger than a head block: what a burst of large
     /// writes (or reads) left resident. The slots are armed again from
     /// fresh, unbacked mappings when their reads are posted next.
-    fn give_back_idle_memory<S>(
-        &mut self,
-        memory: &mut ReadvMemory<S>,
-        pool: &mut Pool,
-        ending: bool,
-    ) {
-        self.releasing = false;
-        if ending {
-            return;
-        }
+    fn give_back_idle_memory<S>(&mut self, memory: &mut ReadvMemory<S>, pool: &mut Pool) {
         for slot in memory.slots.iter_mut() {
             slot.release(pool);
         }
